@@ -1,0 +1,80 @@
+rule toy_clip:
+    output:
+        directory("results/toy/clip"),
+    params:
+        cfg=config["toy"]["clip"],
+        seed=config["seed"],
+        res=config["toy"]["resolution"],
+        p_two=config["toy"].get("p_two_objects", 0.25),
+    log:
+        "logs/toy_clip.log",
+    benchmark:
+        "benchmarks/rules/toy_clip.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/train_toy_clip.py"
+
+
+rule toy_model:
+    input:
+        clip="results/toy/clip",
+    output:
+        directory("results/toy/model"),
+    params:
+        cfg=config["toy"]["model"],
+        seed=config["seed"],
+        res=config["toy"]["resolution"],
+        p_two=config["toy"].get("p_two_objects", 0.25),
+    log:
+        "logs/toy_model.log",
+    benchmark:
+        "benchmarks/rules/toy_model.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/train_toy_model.py"
+
+
+rule toy_evaluator:
+    input:
+        clip="results/toy/clip",
+        model="results/toy/model",
+    output:
+        "results/toy/evaluator.json",
+    params:
+        sample=config["toy"]["sample"],
+        n=config["toy"]["evaluate"]["prompts"],
+        seed=config["seed"],
+        p_two=config["toy"].get("p_two_objects", 0.25),
+    log:
+        "logs/toy_evaluator.log",
+    threads: 2
+    script:
+        "../scripts/evaluate_toy.py"
+
+
+rule toy_sample_grid:
+    input:
+        model="results/toy/model",
+    output:
+        grid=report(
+            "results/toy/sample_grid.png",
+            caption="../report/sample_grid.rst",
+            category="Toy world",
+        ),
+        prompts="results/toy/sample_grid.txt",
+    params:
+        sample=config["toy"]["sample"],
+        rows=config["toy"]["evaluate"]["grid_prompts"],
+        cols=config["toy"]["evaluate"]["grid_seeds"],
+        seed=config["seed"],
+        res=config["toy"]["resolution"],
+        p_two=config["toy"].get("p_two_objects", 0.25),
+    log:
+        "logs/toy_sample_grid.log",
+    threads: 2
+    script:
+        "../scripts/sample_grid.py"

@@ -1,0 +1,9 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+from pcr.toy.clip import train_toy_clip
+
+cfg = snakemake.params.cfg
+train_toy_clip(snakemake.output[0], steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+               seed=snakemake.params.seed, res=snakemake.params.res, p_two=snakemake.params.p_two)
