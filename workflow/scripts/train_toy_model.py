@@ -7,4 +7,4 @@ from pcr.toy.model import train_toy_model
 cfg = snakemake.params.cfg
 train_toy_model(snakemake.input.clip, snakemake.output[0], steps=cfg["steps"], batch_size=cfg["batch_size"],
                 lr=cfg["lr"], seed=snakemake.params.seed, res=snakemake.params.res, p_two=snakemake.params.p_two,
-                high_noise_bias=cfg.get("high_noise_bias", 1.0), attention_16=cfg.get("attention_16", False))
+                high_noise_bias=cfg.get("high_noise_bias", 1.0), attention_16=cfg.get("attention_16", True))

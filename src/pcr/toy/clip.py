@@ -126,7 +126,7 @@ def _hard_negative(scene: world.ToyScene, rng: np.random.Generator, attribute: s
     return scene.with_attribute(attribute, others[rng.integers(len(others))], index)
 
 
-def train_toy_clip(out_dir: str | os.PathLike, steps: int = 400, batch_size: int = 128, lr: float = 5e-4,
+def train_toy_clip(out_dir: str | os.PathLike, steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
                    seed: int = 0, res: int = 32, p_two: float = 0.25, width: int = 128, layers: int = 4,
                    progress: bool = True) -> dict:
     """Train the toy CLIP from scratch and save config + weights in `out_dir` (atomically)."""
