@@ -24,4 +24,4 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 clean-results:
-	rm -rf results logs benchmarks/rules .snakemake
+	rm -rf results logs .snakemake

@@ -52,7 +52,9 @@ def test_tiny_dag_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
     run = snakemake(workdir, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((workdir / "results/toy/evaluator.json").read_text())
-    assert set(result["clip_zero_shot"]) == {"shape", "colour", "size", "position", "background"}
+    for figures in ("clip_zero_shot", "model_prompt_following"):
+        assert set(result[figures]) == {"eval_in", "eval_out"}
+        assert set(result[figures]["eval_out"]) == {"shape", "colour", "size", "position", "background"}
     assert result["prompts"]["n"] == 4
     grid = Image.open(workdir / "results/toy/sample_grid.png")
     assert grid.size == ((2 + 1) * (16 + 2) * 4 + 8, 2 * (16 + 2) * 4 + 8)  # truth + 2 seeds, 2 prompts

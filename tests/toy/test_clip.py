@@ -92,3 +92,12 @@ def test_attribute_accuracy_covers_every_attribute(clip):
 def test_text_embeddings_are_unit_norm(clip):
     emb = encode_texts(clip, clip_tokenizer(), PROMPTS)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_two_toy_clips_of_different_sizes_load_in_one_process(tiny_clip_dir, tmp_path):
+    from pcr.toy.clip import train_toy_clip
+
+    other = tmp_path / "wider"
+    train_toy_clip(other, steps=1, batch_size=4, res=16, width=64, layers=1, progress=False)
+    assert load_toy_clip(other)[0].token_embedding.weight.shape[1] == 64
+    assert load_toy_clip(tiny_clip_dir)[0].token_embedding.weight.shape[1] == 32

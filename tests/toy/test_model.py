@@ -74,3 +74,14 @@ def test_sample_grid_has_a_truth_column_and_one_column_per_seed(pipe):
     assert grid.size == (4 * cell + 8, 2 * cell + 8)
     imgs = sample_images(pipe, [p.text for p in prompts], steps=2, progress=False)
     assert imgs.shape == (2, 3, TINY_RES, TINY_RES)
+
+
+@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DEISMultistepScheduler"])
+def test_any_diffusers_scheduler_samples_deterministically(tiny_model_dir, scheduler):
+    import diffusers
+
+    pipe = load_pipeline(f"toy:{tiny_model_dir}")
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    first = sample(pipe, PROMPTS, [0, 1])
+    assert torch.isfinite(first).all()
+    torch.testing.assert_close(sample(pipe, PROMPTS, [0, 1]), first, atol=0, rtol=0)

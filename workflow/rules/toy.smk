@@ -9,7 +9,7 @@ rule toy_clip:
     log:
         "logs/toy_clip.log",
     benchmark:
-        "benchmarks/rules/toy_clip.tsv"
+        "results/benchmarks/toy_clip.tsv"
     threads: 2
     resources:
         mem_mb=4000,
@@ -30,7 +30,7 @@ rule toy_model:
     log:
         "logs/toy_model.log",
     benchmark:
-        "benchmarks/rules/toy_model.tsv"
+        "results/benchmarks/toy_model.tsv"
     threads: 2
     resources:
         mem_mb=4000,
@@ -51,6 +51,8 @@ rule toy_evaluator:
         p_two=config["toy"].get("p_two_objects", 0.25),
     log:
         "logs/toy_evaluator.log",
+    benchmark:
+        "results/benchmarks/toy_evaluator.tsv"
     threads: 2
     script:
         "../scripts/evaluate_toy.py"
@@ -75,6 +77,8 @@ rule toy_sample_grid:
         p_two=config["toy"].get("p_two_objects", 0.25),
     log:
         "logs/toy_sample_grid.log",
+    benchmark:
+        "results/benchmarks/toy_sample_grid.tsv"
     threads: 2
     script:
         "../scripts/sample_grid.py"

@@ -2,6 +2,10 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
+from pcr.runtime import use_available_cpus
+
+use_available_cpus()
+
 from pcr.io import atomic_file
 from pcr.pipelines import load_pipeline
 from pcr.toy.evaluate import sample_grid

@@ -2,6 +2,10 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
+from pcr.runtime import use_available_cpus
+
+use_available_cpus()
+
 from pcr.toy.model import train_toy_model
 
 cfg = snakemake.params.cfg

@@ -25,23 +25,10 @@ from pcr.tokenizer import clip_tokenizer
 __all__ = ["tiny_sd", "tiny_sdxl"]
 
 # The scheduler settings of the Stable Diffusion 1.x / SDXL checkpoints.
-SD_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    steps_offset=1,
-    clip_sample=False,
-    set_alpha_to_one=False,
-)
-SDXL_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    steps_offset=1,
-    timestep_spacing="leading",
-)
+_SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 steps_offset=1)
+SD_SCHEDULER = dict(**_SD_BETAS, clip_sample=False, set_alpha_to_one=False)
+SDXL_SCHEDULER = dict(**_SD_BETAS, timestep_spacing="leading")
 
 UNET = dict(
     sample_size=16,  # latent side; the VAE doubles it, so images are 32x32

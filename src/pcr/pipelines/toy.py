@@ -69,7 +69,7 @@ class ToyPipeline(DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        # not every scheduler's step() takes a generator (PNDM does not); pass it only where it does
+        # not every scheduler's step() takes a generator (PNDM and DEIS do not); pass it only where it does
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = torch.cat([latents] * 2) if do_cfg else latents

@@ -48,10 +48,14 @@ def toy_clip_config(res: int = 32, width: int = 128, layers: int = 4, embed_dim:
 
 
 def _register(config_path: Path) -> None:
+    """Register (or re-register) `pcr-toy-clip` from this file.
+
+    open_clip keys its registry by name and lets the config path added last win, so registering
+    every time makes a process that loads two toy CLIPs of different sizes build each one right.
+    """
     import open_clip
 
-    if TOY_CLIP_NAME not in open_clip.list_models():
-        open_clip.add_model_config(config_path)
+    open_clip.add_model_config(config_path)
 
 
 def clip_pixels(images: torch.Tensor, model) -> torch.Tensor:

@@ -60,19 +60,23 @@ def image_grid(rows: list[list[np.ndarray]], scale: int = 4, pad: int = 2) -> Im
 
 
 def evaluate_toy_models(pipe, model, tokenizer, n: int = 200, seed: int = 0, p_two: float = 0.25,
-                        steps: int = 20, guidance: float = 4.0) -> dict:
-    """The two figures that say the toy world works: the toy CLIP's zero-shot accuracy per attribute
-    on drawn `eval_in` scenes, and the share of the toy model's samples that show each attribute."""
-    prompts = world.toy_prompts("eval_in", n, seed, p_two)
+                        steps: int = 20, guidance: float = 4.0, splits=("eval_in", "eval_out")) -> dict:
+    """The figures that say the toy world works, per prompt split: the toy CLIP's zero-shot accuracy
+    per attribute on drawn scenes, and the share of the toy model's samples that show each attribute."""
     res = pipe.unet.config.sample_size
-    return {
-        "prompts": {"split": "eval_in", "n": n, "seed": seed},
+    result = {
+        "prompts": {"splits": list(splits), "n": n, "seed": seed, "p_two_objects": p_two},
         "sampling": {"steps": steps, "guidance": guidance, "scheduler": type(pipe.scheduler).__name__},
         "chance": CHANCE,
-        "clip_zero_shot": clip_zero_shot(model, tokenizer, prompts, seed, res),
-        "model_prompt_following": prompt_following(pipe, model, tokenizer, prompts, seed=seed, steps=steps,
-                                                   guidance=guidance),
+        "clip_zero_shot": {},
+        "model_prompt_following": {},
     }
+    for split in splits:
+        prompts = world.toy_prompts(split, n, seed, p_two)
+        result["clip_zero_shot"][split] = clip_zero_shot(model, tokenizer, prompts, seed, res)
+        result["model_prompt_following"][split] = prompt_following(pipe, model, tokenizer, prompts, seed=seed,
+                                                                   steps=steps, guidance=guidance)
+    return result
 
 
 def sample_grid(pipe, prompts: list[world.ToyPrompt], seeds: int = 4, seed: int = 0, steps: int = 20,

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+from pcr.runtime import available_cpus, use_available_cpus
+
+
+def test_threads_follow_the_affinity_mask_unless_overridden(monkeypatch):
+    monkeypatch.delenv("PCR_TORCH_THREADS", raising=False)
+    assert available_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("PCR_TORCH_THREADS", "1")
+    before = torch.get_num_threads()
+    try:
+        assert use_available_cpus() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_bad_override_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PCR_TORCH_THREADS", "two")
+    with pytest.raises(ValueError, match="PCR_TORCH_THREADS"):
+        available_cpus()
