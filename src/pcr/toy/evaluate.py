@@ -47,10 +47,12 @@ def prompt_following(pipe, model, tokenizer, prompts: list[world.ToyPrompt], **s
 
 
 def image_grid(rows: list[list[np.ndarray]], scale: int = 4, pad: int = 2) -> Image.Image:
-    """Tile (H, W, 3) uint8 images into a grid, enlarged `scale` times with nearest-neighbour."""
+    """Tile (H, W, 3) uint8 images into a grid, enlarged `scale` times with nearest-neighbour.
+
+    The separating lines are dark gray (64), unlike any of the toy world's backgrounds."""
     h, w = rows[0][0].shape[:2]
     ncol = max(len(r) for r in rows)
-    canvas = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
+    canvas = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 64, np.uint8)
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
