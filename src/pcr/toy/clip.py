@@ -155,7 +155,9 @@ def train_toy_clip(out_dir: str | os.PathLike, steps: int = 300, batch_size: int
         for _ in bar:
             images, captions, scenes = world.random_batch(rng, batch_size, res, p_two)
             negatives = [_hard_negative(s, rng, a) for a in _NEGATIVE_ATTRIBUTES for s in scenes]
-            texts = captions + [world.caption(n, "plain", int(rng.integers(world.N_TEMPLATES))) for n in negatives]
+            # negatives are phrased in both families, like the captions, so phrasing never tells them apart
+            texts = captions + [world.caption(n, world.FAMILIES[rng.integers(len(world.FAMILIES))],
+                                              int(rng.integers(world.N_TEMPLATES))) for n in negatives]
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 img = encode_images(model, torch.from_numpy(images))
                 ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True,
