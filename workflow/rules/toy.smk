@@ -5,7 +5,7 @@ rule toy_clip:
         cfg=config["toy"]["clip"],
         seed=config["seed"],
         res=config["toy"]["resolution"],
-        p_two=config["toy"].get("p_two_objects", 0.25),
+        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_clip.log",
     benchmark:
@@ -26,7 +26,7 @@ rule toy_model:
         cfg=config["toy"]["model"],
         seed=config["seed"],
         res=config["toy"]["resolution"],
-        p_two=config["toy"].get("p_two_objects", 0.25),
+        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_model.log",
     benchmark:
@@ -48,7 +48,7 @@ rule toy_evaluator:
         sample=config["toy"]["sample"],
         n=config["toy"]["evaluate"]["prompts"],
         seed=config["seed"],
-        p_two=config["toy"].get("p_two_objects", 0.25),
+        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_evaluator.log",
     benchmark:
@@ -74,7 +74,7 @@ rule toy_sample_grid:
         cols=config["toy"]["evaluate"]["grid_seeds"],
         seed=config["seed"],
         res=config["toy"]["resolution"],
-        p_two=config["toy"].get("p_two_objects", 0.25),
+        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_sample_grid.log",
     benchmark:

@@ -11,4 +11,4 @@ from pcr.toy.model import train_toy_model
 cfg = snakemake.params.cfg
 train_toy_model(snakemake.input.clip, snakemake.output[0], steps=cfg["steps"], batch_size=cfg["batch_size"],
                 lr=cfg["lr"], seed=snakemake.params.seed, res=snakemake.params.res, p_two=snakemake.params.p_two,
-                high_noise_bias=cfg.get("high_noise_bias", 1.0), attention_16=cfg.get("attention_16", True))
+                high_noise_bias=cfg["high_noise_bias"], attention_16=cfg["attention_16"])
