@@ -1,0 +1,188 @@
+"""Seeded, sharded, resumable image generation: the images every QDiffBench metric compares.
+
+Image i (prompt index i) is sampled from seed `seed + i`, whatever the batching or sharding, so
+the full-precision run and every quantized run start each prompt from the same noise and their
+images pair up by file name. Each PNG is written atomically, so a killed run leaves only whole
+images, and a rerun skips them. Work is cut into fixed batches of prompt indices, so sharded,
+resumed and uninterrupted runs write the same folder bit for bit.
+
+Folder layout:
+  00000.png, 00001.png, ...           one image per prompt index
+  generation.json                     the settings; a rerun with other settings is refused
+  manifest.csv                        index, prompt, seed, file (when the folder is complete)
+  manifest.shard-K-of-N.csv           one per shard of a sharded run; merge_manifests joins them
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pcr.bench.prompts import prompts_digest
+from pcr.io import atomic_file
+
+__all__ = ["MANIFEST", "SEED_RULE", "SETTINGS", "GenerationError", "generate", "image_name", "merge_manifests",
+           "read_manifest"]
+
+MANIFEST = "manifest.csv"
+SETTINGS = "generation.json"
+SEED_RULE = "seed + index"  # recorded with every result: how image i's seed follows from the base seed
+FIELDS = ("index", "prompt", "seed", "file")
+
+
+class GenerationError(RuntimeError):
+    """An output folder holds images of other settings, or a sharded run is incomplete."""
+
+
+def image_name(index: int) -> str:
+    return f"{index:05d}.png"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _write_manifest(path: Path, prompts: Sequence[str], indices: Sequence[int], seed: int) -> None:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(FIELDS)
+        writer.writerows((i, prompts[i], seed + i, image_name(i)) for i in indices)
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """Rows of a manifest as dicts with int index and seed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest {path}; pcr.bench.generate writes it (merge_manifests after shards)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [{**r, "index": int(r["index"]), "seed": int(r["seed"])} for r in rows]
+
+
+def _check_settings(out_dir: Path, settings: dict) -> None:
+    """Write generation.json, or refuse if the folder already holds images of other settings."""
+    path = out_dir / SETTINGS
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise GenerationError(
+                f"{out_dir} holds images generated with other settings ({', '.join(changed)} differ: "
+                f"{ {k: old.get(k) for k in changed} } there, { {k: settings.get(k) for k in changed} } now); "
+                "mixing them would pair the wrong images. Use another folder or delete this one.")
+    elif any(out_dir.glob("*.png")):
+        raise GenerationError(f"{out_dir} holds PNGs but no {SETTINGS}: not a pcr generation folder. "
+                              "Use another folder or empty this one.")
+    else:
+        _write_json(path, settings)
+
+
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    k, n = shard
+    if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
+        raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
+    return k, n
+
+
+def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int = 0, batch_size: int = 8,
+             shard: tuple[int, int] = (0, 1), num_inference_steps: int = 50, guidance_scale: float = 7.5,
+             height: int | None = None, width: int | None = None, info: dict | None = None,
+             progress: bool = True) -> Path:
+    """Sample one PNG per prompt into `out_dir`; return the manifest written.
+
+    Prompts are cut into fixed batches of `batch_size` (indices 0..b-1, b..2b-1, ...); shard k of n
+    runs the batches j with j % n == k and writes manifest.shard-k-of-n.csv; an unsharded run
+    writes manifest.csv. Finished images are skipped. batch_size is a setting of the folder, like
+    the step count: a rerun must use the same one. `info` (model spec, quant config hash, prompt
+    set name) is stored in generation.json for the metrics' provenance. The pipeline's own
+    progress bar is silenced during the call; ours counts images.
+    """
+    k, n = _check_shard(shard)
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty sequence of strings")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "pipeline": type(pipe).__name__, "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale, "height": height, "width": width, "seed": seed, "seed_rule": SEED_RULE,
+        "count": len(prompts), "prompts_sha256": prompts_digest(prompts), "batch_size": batch_size,
+        "info": info or {},
+    }
+    _check_settings(out_dir, settings)
+
+    # Fixed batches of global indices; shard k runs batches j with j % n == k, and a batch with any
+    # image missing runs whole. So every image comes out of the same batch computation however the
+    # work is split or resumed, and the folder is the same bit for bit (a batch's other members can
+    # move an image by ~1e-6 before rounding to uint8, so a different batch would not be).
+    batches = [list(range(lo, min(lo + batch_size, len(prompts)))) for lo in range(0, len(prompts), batch_size)]
+    mine = [i for j, batch in enumerate(batches) if j % n == k for i in batch]
+    for i in mine:  # temporary files a killed run of this shard left behind
+        for stale in out_dir.glob(f".{image_name(i)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    missing = {i for i in mine if not (out_dir / image_name(i)).is_file()}
+    todo = [batch for j, batch in enumerate(batches) if j % n == k and missing.intersection(batch)]
+    size = {key: v for key, v in (("height", height), ("width", width)) if v is not None}
+    old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    try:
+        bar = tqdm(total=len(mine), initial=len(mine) - len(missing), unit="img", disable=not progress,
+                   desc=f"generate {out_dir.name}" + (f" shard {k}/{n}" if n > 1 else ""))
+        with bar:
+            for batch in todo:
+                # CPU generators: the same seed gives the same initial noise on any device
+                generators = [torch.Generator().manual_seed(seed + i) for i in batch]
+                images = pipe([prompts[i] for i in batch], num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, generator=generators, output_type="pil",
+                              **size).images
+                for i, image in zip(batch, images, strict=True):
+                    if i in missing:
+                        with atomic_file(out_dir / image_name(i)) as tmp:
+                            image.save(tmp, format="PNG")
+                        bar.update(1)
+    finally:
+        if hasattr(pipe, "_progress_bar_config"):
+            pipe._progress_bar_config = old_bar
+
+    manifest = out_dir / (MANIFEST if n == 1 else f"manifest.shard-{k}-of-{n}.csv")
+    _write_manifest(manifest, prompts, sorted(mine), seed)
+    return manifest
+
+
+def merge_manifests(out_dir: str | os.PathLike) -> Path:
+    """Join the shard manifests of a sharded run into manifest.csv, once every shard is done."""
+    out_dir = Path(out_dir)
+    path = out_dir / SETTINGS
+    if not path.is_file():
+        raise FileNotFoundError(f"no {SETTINGS} in {out_dir}: run pcr.bench.generate into it first")
+    settings = json.loads(path.read_text())
+    shards = sorted(out_dir.glob("manifest.shard-*-of-*.csv"))
+    counts = {int(p.stem.rsplit("-", 1)[1]) for p in shards}
+    if len(counts) != 1:
+        raise GenerationError(f"{out_dir}: expected the shard manifests of one sharded run, found "
+                              f"{[p.name for p in shards] or 'none'}")
+    n = counts.pop()
+    missing = [k for k in range(n) if not (out_dir / f"manifest.shard-{k}-of-{n}.csv").is_file()]
+    if missing:
+        raise GenerationError(f"{out_dir}: shard(s) {missing} of {n} have not finished; run them first")
+    rows = sorted((r for p in shards for r in read_manifest(p)), key=lambda r: r["index"])
+    if [r["index"] for r in rows] != list(range(settings["count"])):
+        raise GenerationError(f"{out_dir}: the shard manifests do not cover indices 0..{settings['count'] - 1} "
+                              "exactly once; regenerate the folder")
+    absent = [r["file"] for r in rows if not (out_dir / r["file"]).is_file()]
+    if absent:
+        raise GenerationError(f"{out_dir}: images {absent[:5]} listed in the shard manifests are missing; "
+                              "rerun their shards (finished images are skipped)")
+    prompts = [r["prompt"] for r in rows]
+    _write_manifest(out_dir / MANIFEST, prompts, range(len(prompts)), settings["seed"])
+    return out_dir / MANIFEST

@@ -1,0 +1,154 @@
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from pcr.bench.features import create_extractor, load_clip_scorer
+from pcr.bench.generate import generate
+from pcr.bench.metrics import (
+    MetricsConfig,
+    bootstrap_interval,
+    evaluate,
+    paired_psnr_ssim,
+    read_metrics,
+    write_metrics,
+)
+from pcr.bench.prompts import PromptSet
+from pcr.pipelines import load_pipeline, tiny_sd
+
+
+def noisy(images, sigma, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.rint(images + rng.normal(0, sigma, images.shape)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def config(bench_clip_dir):
+    return MetricsConfig.toy(bench_clip_dir, bootstrap=20, batch_size=8)
+
+
+@pytest.fixture
+def reference(toy_set, save_images, tmp_path):
+    return save_images(tmp_path / "fp", toy_set[1])
+
+
+def test_identical_folders(toy_set, reference, config, tmp_path):
+    prompts = PromptSet("toy:eval_in", tuple(toy_set[0]))
+    result = evaluate(reference, reference, prompts, config, progress=False)
+    m = result["metrics"]
+    assert abs(m["fid"]) < 1e-3  # KID is not ~0 here: its unbiased estimator is -O(1/n) for identical sets
+    assert m["psnr"] == float("inf") and m["psnr_identical"] == len(prompts)
+    assert m["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert m["clip_score"] == m["clip_score_reference"]
+    lo, hi = m["clip_score_ci95"]
+    assert lo <= m["clip_score"] <= hi
+    assert result["provenance"]["prompt_set"] == "toy:eval_in" and result["provenance"]["n_images"] == 12
+
+    path = write_metrics(tmp_path / "metrics.json", result)
+    text = path.read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert '"psnr": "inf"' in text
+    assert read_metrics(path)["metrics"]["psnr"] == float("inf")
+
+
+def test_growing_noise_gives_monotone_metrics(toy_set, reference, save_images, config, tmp_path):
+    results = []
+    for sigma in (0, 6, 20, 60):
+        folder = save_images(tmp_path / f"noise{sigma}", noisy(toy_set[1], sigma))
+        results.append(evaluate(folder, reference, toy_set[0], config, progress=False)["metrics"])
+    for key, sign in (("fid", 1), ("kid", 1), ("psnr", -1), ("ssim", -1)):
+        values = [r[key] for r in results]
+        assert all(sign * (b - a) > 0 for a, b in zip(values, values[1:], strict=False)), (key, values)
+    assert abs(results[0]["fid"]) < 1e-3 < results[1]["fid"]
+    assert results[1]["psnr"] > 25 > results[-1]["psnr"]
+
+
+def test_fid_and_kid_equal_torch_fidelitys_own(toy_set, reference, save_images, config, tmp_path, bench_clip_dir):
+    import torch_fidelity
+
+    folder = save_images(tmp_path / "noise", noisy(toy_set[1], 30))
+    ours = evaluate(folder, reference, toy_set[0], config, progress=False)["metrics"]
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(folder), input2=str(reference), fid=True, kid=True, kid_subset_size=len(toy_set[0]),
+        feature_extractor="toy-clip", feature_extractor_weights_path=str(bench_clip_dir), cuda=False, cache=False,
+        verbose=False, save_cpu_ram=True, batch_size=config.batch_size, rng_seed=config.seed)
+    assert ours["fid"] == theirs["frechet_inception_distance"]
+    assert ours["kid"] == theirs["kernel_inception_distance_mean"]
+
+
+def test_generated_folders_carry_provenance(config, tmp_path):
+    prompts = PromptSet("txt:few.txt", ("a red bicycle", "two dogs", "a bowl of soup", "a lighthouse"))
+    settings = dict(seed=7, num_inference_steps=2, batch_size=4, progress=False)
+    generate(load_pipeline("tiny-sd"), prompts, tmp_path / "fp", info={"model": "tiny-sd"}, **settings)
+    other = tiny_sd(seed=1)  # stands in for a quantized model
+    generate(other, prompts, tmp_path / "q", info={"model": "tiny-sd", "quant_config_hash": "abc123"}, **settings)
+    result = evaluate(tmp_path / "q", tmp_path / "fp", prompts, config, progress=False)
+    prov = result["provenance"]
+    assert prov["model"] == "tiny-sd" and prov["quant_config_hash"] == "abc123"
+    assert prov["seeds"] == {"base": 7, "rule": "seed + index"} and prov["n_images"] == 4
+    assert prov["feature_extractor"] == "toy-clip" and prov["torch_fidelity"] == "0.4.0"
+    assert result["metrics"]["psnr"] < 40 and 0 < result["metrics"]["clip_score"] <= 100
+
+    with pytest.raises(ValueError, match="generated for other prompts"):
+        evaluate(tmp_path / "q", tmp_path / "fp", list(prompts)[::-1], config, progress=False)
+
+
+def test_fid_to_real_images(toy_set, reference, save_images, config, tmp_path):
+    real = save_images(tmp_path / "real", noisy(toy_set[1], 3, seed=1))
+    m = evaluate(reference, reference, toy_set[0], MetricsConfig.toy(config.toy_clip, real_images_dir=str(real),
+                                                                      bootstrap=0), progress=False)["metrics"]
+    assert m["n_real_images"] == 12 and m["fid_real"] == m["fid_real_reference"] > 0
+    assert m["fid_ci95"] is None and m["clip_score_ci95"] is None
+
+
+def test_paired_psnr_ssim_known_values():
+    a = torch.full((2, 3, 16, 16), 100, dtype=torch.uint8)
+    b = a.clone()
+    b[1] += 5  # a uniform error of 5 levels: PSNR = 20 log10(255 / 5)
+    psnr, ssim = paired_psnr_ssim(a, b)
+    assert psnr[0] == float("inf") and psnr[1] == pytest.approx(20 * np.log10(255 / 5))
+    assert ssim[0] == pytest.approx(1.0) and ssim[1] < 1.0
+    with pytest.raises(ValueError, match="same resolution"):
+        paired_psnr_ssim(a, b[:, :, :8])
+
+
+def test_bootstrap_interval_is_seeded():
+    values = np.arange(20.0)
+    interval = bootstrap_interval(20, lambda i: values[i].mean(), 50, seed=3)
+    assert interval == bootstrap_interval(20, lambda i: values[i].mean(), 50, seed=3)
+    assert interval[0] < values.mean() < interval[1]
+    assert bootstrap_interval(20, lambda i: 0.0, 0) is None
+
+
+def test_missing_images_and_bad_config_are_clear_errors(toy_set, reference, config, tmp_path):
+    (reference / "00003.png").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks 1 of the 12 images"):
+        evaluate(reference, reference, toy_set[0], config, progress=False)
+    with pytest.raises(ValueError, match=r"unknown metrics config key\(s\) \['kid_size'\]"):
+        MetricsConfig.from_dict({"kid_size": 10})
+    with pytest.raises(ValueError, match="needs toy_clip"):
+        MetricsConfig(feature_extractor="toy-clip")
+
+
+def test_offline_model_loading_is_a_clear_error(monkeypatch):
+    import open_clip
+    import torch_fidelity.utils
+
+    with pytest.raises(FileNotFoundError, match="CLIP-score checkpoint /nowhere/clip.bin does not exist"):
+        load_clip_scorer("ViT-L-14", "/nowhere/clip.bin")
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai'")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    with pytest.raises(RuntimeError, match="set clip_pretrained to the checkpoint file"):
+        load_clip_scorer("ViT-L-14", "openai")
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch_fidelity.utils, "create_feature_extractor", no_network)
+    with pytest.raises(RuntimeError, match="pass the file as MetricsConfig.feature_weights"):
+        create_extractor("inception-v3-compat")
