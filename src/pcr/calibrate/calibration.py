@@ -1,0 +1,78 @@
+"""``calibrate(pipe, prompts, config) -> QuantParams``: weights, then activations, then relaxing.
+
+The pipeline is left as it came: its UNet is quantized for the calibration and unquantized after,
+with its float weights untouched. ``pcr.quantize(pipe, params)`` makes it (or any copy of the
+model) quantized afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pcr.calibrate.progressive import calibrate_activations
+from pcr.calibrate.relax import pick_relaxed_steps, set_step_bits, step_gains
+from pcr.calibrate.weights import calibrate_weights
+from pcr.pipelines.steps import StepTracker
+from pcr.quant.config import ACT_METHODS, QuantConfig
+from pcr.quant.model import quantize_unet, unquantize_unet
+from pcr.quant.params import QuantParams, collect_params
+
+__all__ = ["calibrate"]
+
+
+def _model_name(pipe) -> str:
+    return getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None) or type(pipe).__name__
+
+
+def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str | None = None,
+              progress: bool = True) -> QuantParams:
+    """Calibrate weight and activation quantization of ``pipe``'s UNet on ``prompts``.
+
+    Prompt i is sampled with seed ``config.seed + i``. ``model`` names the pipeline in the saved
+    parameters (a pcr spec such as "toy:results/toy/model"); by default the pipeline's own path.
+    """
+    config = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config)
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("calibrate needs a non-empty list of prompt strings.")
+    seeds = [config.seed + i for i in range(len(prompts))]
+    StepTracker.attach(pipe)
+    layers = quantize_unet(pipe.unet, config, config.num_steps)
+    info: dict = {"prompts": len(prompts)}
+    try:
+        start = time.perf_counter()
+        if config.weight_method == "adaround":
+            from pcr.calibrate.adaround import reconstruct_weights
+
+            info.update(reconstruct_weights(pipe, layers, prompts, seeds, config, progress))
+        else:
+            calibrate_weights(layers, config.weight_method, progress)
+        info["weight_seconds"] = time.perf_counter() - start
+
+        act_bits = config.act_bits_per_step()
+        info.update(calibrate_activations(pipe, layers, prompts, seeds, config, act_bits, progress))
+        if config.relax_auto_bits is not None:
+            act_bits = _relax_auto(pipe, layers, prompts, seeds, config, info, progress)
+        timesteps = info.pop("timesteps")
+        info["observed_steps"] = {str(k): v for k, v in info["observed_steps"].items()}
+        return collect_params(pipe.unet, config, act_bits, timesteps, type(pipe.scheduler).__name__,
+                              model or _model_name(pipe), info)
+    finally:
+        unquantize_unet(pipe.unet)
+
+
+def _relax_auto(pipe, layers, prompts, seeds, config: QuantConfig, info: dict, progress: bool) -> list[int]:
+    """Measure step sensitivity on the first batch of prompts, relax the best steps; progressive
+    calibration is redone, since relaxing a step changes the quantized trajectory after it."""
+    start = time.perf_counter()
+    first = slice(0, config.batch_size)
+    sensitivity = step_gains(pipe, layers, prompts[first], seeds[first], config, progress)
+    relaxed = pick_relaxed_steps(sensitivity["gains"], config)
+    act_bits = config.act_bits_per_step(relaxed)
+    if ACT_METHODS[config.method]["trajectory"] == "quantized":
+        calibrate_activations(pipe, layers, prompts, seeds, config, act_bits, progress)
+    else:
+        for step in relaxed:
+            set_step_bits(layers, step, config.relax_bits)
+    info["relax_auto"] = {**sensitivity, "relaxed_steps": list(relaxed), "seconds": time.perf_counter() - start}
+    return act_bits

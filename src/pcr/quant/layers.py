@@ -1,0 +1,201 @@
+"""Quantized Linear and Conv2d: the float layer's own parameters, a weight quantizer, and an input
+(activation) quantizer with one (scale, zero point, bits) per sampling step.
+
+Q-Diffusion's middle level (quantized layer), written as optimum-quanto writes it: a mixin before
+the torch class, a registry from float class to quantized class, and each wrapper only a
+from-float constructor and ``forward``. The float weight is shared, not copied, so unquantizing
+restores the original model exactly; the quantized weight is cached once its codes are set.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pcr.quant.quantizer import affine_params, code_dtype, dequantize, fake_quantize
+
+__all__ = ["ActQuantizer", "WeightQuantizer", "QuantLayerMixin", "QuantLinear", "QuantConv2d", "quant_class"]
+
+_REGISTRY: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+class StepCountError(RuntimeError):
+    """Per-step parameters used with another number of sampling steps than they were calibrated for."""
+
+
+class WeightQuantizer(nn.Module):
+    """Integer codes of a weight with per-output-channel (axis 0) or per-tensor scale and zero point."""
+
+    def __init__(self, shape: torch.Size, bits: int, symmetric: bool, per_channel: bool):
+        super().__init__()
+        self.bits, self.symmetric = bits, symmetric
+        self.axis = 0 if per_channel else None
+        channels = (shape[0],) if per_channel else ()
+        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
+        self.register_buffer("codes", torch.zeros(shape, dtype=code_dtype(bits, symmetric)))
+        self.ready = False
+
+    def set(self, scale: torch.Tensor, zero_point: torch.Tensor, codes: torch.Tensor) -> None:
+        self.scale = scale.to(self.scale.device, torch.float32).reshape(self.scale.shape)
+        self.zero_point = zero_point.to(self.zero_point.device, torch.int32).reshape(self.zero_point.shape)
+        self.codes = codes.to(self.codes.device, self.codes.dtype).reshape(self.codes.shape)
+        self.ready = True
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize(self.codes, self.scale, self.zero_point, self.axis, dtype)
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor quantizer of a layer's input, with its parameters chosen by the current sampling step.
+
+    ``steps`` is the UNet's StepTracker. While ``observer`` is set, inputs are passed to it first
+    (calibration); while ``enabled`` is False, inputs pass through unquantized.
+    """
+
+    def __init__(self, num_steps: int, symmetric: bool, steps, step_dependent: bool = True):
+        super().__init__()
+        self.symmetric = symmetric
+        self.steps = steps
+        self.step_dependent = step_dependent  # False: same parameters at every step, any step count
+        self.register_buffer("scale", torch.ones(num_steps))
+        self.register_buffer("zero_point", torch.zeros(num_steps, dtype=torch.int32))
+        self.register_buffer("range", torch.zeros(num_steps, 2))  # observed (lo, hi), for analysis
+        self.bits = [8] * num_steps
+        self.enabled = False
+        self.observer = None
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.bits)
+
+    def current_step(self) -> int:
+        step, num_steps = self.steps.step, self.steps.num_steps
+        if step is None:
+            raise RuntimeError("A quantized UNet was called outside a sampling run; wrap the call in "
+                               "`with get_step_tracker(unet).at(step):`.")
+        if num_steps is not None and num_steps != self.num_steps:
+            if not self.step_dependent:
+                return 0
+            raise StepCountError(
+                f"These activation parameters were calibrated for {self.num_steps} sampling steps, but the "
+                f"pipeline runs {num_steps}. Call it with num_inference_steps={self.num_steps}, or calibrate "
+                f"for {num_steps} steps.")
+        return step
+
+    def set_step(self, step: int, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> None:
+        """Fix one step's (scale, zero point) from a range, at ``bits`` bits (relaxed steps get more)."""
+        scale, zero_point = affine_params(lo, hi, bits, self.symmetric)
+        self.scale[step] = scale.to(self.scale.device)
+        self.zero_point[step] = zero_point.to(self.zero_point.device)
+        self.range[step] = torch.stack([lo.float(), hi.float()]).to(self.range.device)
+        self.bits[step] = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled and self.observer is None:
+            return x  # off: no step needed (weight reconstruction calls blocks outside a sampling run)
+        step = self.current_step()
+        if self.observer is not None:
+            self.observer(x, step)
+        if not self.enabled:
+            return x
+        # .float(): a pipeline cast to float16 casts these buffers too, and the kernel wants float32
+        return fake_quantize(x, self.scale[step:step + 1].float(), self.zero_point[step:step + 1], self.bits[step],
+                             self.symmetric)
+
+
+class QuantLayerMixin:
+    """What Linear and Conv2d share once quantized; ``quant_weights``/``act_quantizer.enabled`` switch
+    each half on and off, so one model serves as FP, weight-only and fully quantized."""
+
+    weight: nn.Parameter
+
+    def init_quantizers(self, weight_bits: int, weight_symmetric: bool, per_channel: bool, num_steps: int,
+                        act_symmetric: bool, steps, step_dependent: bool = True) -> None:
+        if not isinstance(self, nn.Module) or type(self).__mro__.index(QuantLayerMixin) > type(self).__mro__.index(nn.Module):
+            raise TypeError(f"{type(self).__name__}: QuantLayerMixin must come before the torch layer class.")
+        self.weight_quantizer = WeightQuantizer(self.weight.shape, weight_bits, weight_symmetric, per_channel)
+        self.act_quantizer = ActQuantizer(num_steps, act_symmetric, steps, step_dependent)
+        self.quant_weights = False
+        self.weight_override = None
+        # the dequantized weight, cached; a buffer so .to() moves it, not saved (codes are)
+        self.register_buffer("weight_q", None, persistent=False)
+
+    def set_weight(self, scale: torch.Tensor, zero_point: torch.Tensor, codes: torch.Tensor) -> None:
+        """Fix the weight's codes; the dequantized weight is cached for fast simulated inference."""
+        self.weight_quantizer.set(scale, zero_point, codes)
+        self.weight_q = self.weight_quantizer.dequantized(self.weight.dtype).to(self.weight.device)
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.weight_override is not None:  # AdaRound's soft-rounded weight while it is optimised
+            return self.weight_override()
+        if not self.quant_weights:
+            return self.weight
+        if self.weight_q is None:
+            raise RuntimeError("Weight quantization is on but the weights are not calibrated yet.")
+        return self.weight_q
+
+    @classmethod
+    def from_float(cls, module: nn.Module, **quantizer_args) -> nn.Module:
+        raise NotImplementedError
+
+    def to_float(self) -> nn.Module:
+        raise NotImplementedError
+
+
+def register(float_class: type[nn.Module]):
+    def wrap(quant_class: type[nn.Module]):
+        _REGISTRY[float_class] = quant_class
+        return quant_class
+
+    return wrap
+
+
+def quant_class(module: nn.Module) -> type[nn.Module]:
+    """The quantized class for a float module's exact class (subclasses are not guessed at)."""
+    try:
+        return _REGISTRY[type(module)]
+    except KeyError:
+        raise TypeError(f"No quantized version of {type(module).__name__}; pcr quantizes "
+                        f"{[c.__name__ for c in _REGISTRY]}.") from None
+
+
+@register(nn.Linear)
+class QuantLinear(QuantLayerMixin, nn.Linear):
+    @classmethod
+    def from_float(cls, module: nn.Linear, **quantizer_args) -> QuantLinear:
+        layer = cls(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        layer.weight, layer.bias = module.weight, module.bias  # shared, not copied
+        layer.init_quantizers(**quantizer_args)
+        return layer.to(module.weight.device)
+
+    def to_float(self) -> nn.Linear:
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        layer.weight, layer.bias = self.weight, self.bias
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act_quantizer(x), self.effective_weight(), self.bias)
+
+
+@register(nn.Conv2d)
+class QuantConv2d(QuantLayerMixin, nn.Conv2d):
+    _ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, **quantizer_args) -> QuantConv2d:
+        args = {name: getattr(module, name) for name in cls._ARGS}
+        layer = cls(**args, bias=module.bias is not None, device="meta")
+        layer.weight, layer.bias = module.weight, module.bias
+        layer.init_quantizers(**quantizer_args)
+        return layer.to(module.weight.device)
+
+    def to_float(self) -> nn.Conv2d:
+        layer = nn.Conv2d(**{name: getattr(self, name) for name in self._ARGS}, bias=self.bias is not None,
+                          device="meta")
+        layer.weight, layer.bias = self.weight, self.bias
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.act_quantizer(x), self.effective_weight(), self.bias)

@@ -1,0 +1,181 @@
+"""Calibrated quantization parameters: read from a quantized UNet, saved, loaded, applied to a pipeline.
+
+One safetensors file holds every layer's weight codes, scales and zero points and its per-step
+activation parameters; its JSON header holds the QuantConfig, the model, the scheduler and the step
+count they were calibrated for, and fingerprints of the float weights, so putting them on another
+model or step count is a clear error rather than silently wrong images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pcr.io import atomic_file
+from pcr.pipelines.steps import StepTracker
+from pcr.quant.config import QuantConfig
+from pcr.quant.model import quant_layers, quantize_unet
+from pcr.quant.select import quantizable_layers
+
+__all__ = ["QuantParams", "ParamsMismatchError", "collect_params", "apply_params", "save_params", "load_params",
+           "quantize", "fingerprint"]
+
+FORMAT = "pcr.quant.params/1"
+TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
+           "fingerprint")
+
+
+class ParamsMismatchError(ValueError):
+    """Parameters loaded onto a model, scheduler or step count they were not calibrated for."""
+
+
+@dataclass
+class QuantParams:
+    """Everything needed to quantize a pipeline again without calibrating."""
+
+    config: QuantConfig
+    act_bits: list[int]  # activation bits per sampling step, relaxed steps included
+    timesteps: list[int]  # the scheduler's timesteps they were calibrated on, in sampling order
+    scheduler: str  # scheduler class name
+    model: str  # pipeline spec or class, for provenance
+    layers: dict[str, dict[str, torch.Tensor]]  # layer name -> TENSORS
+    info: dict = field(default_factory=dict)  # calibration report: timings, sensitivities, ...
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.act_bits)
+
+    @property
+    def avg_act_bits(self) -> float:
+        return sum(self.act_bits) / len(self.act_bits)
+
+    @property
+    def step_dependent(self) -> bool:
+        """False when every step has the same activation parameters (shared methods, no relaxing)."""
+        return self.config.per_step or len(set(self.act_bits)) > 1
+
+    def header(self) -> dict:
+        return {"format": FORMAT, "config": self.config.to_dict(), "act_bits": self.act_bits,
+                "timesteps": self.timesteps, "scheduler": self.scheduler, "model": self.model, "info": self.info}
+
+
+def fingerprint(weight: torch.Tensor) -> torch.Tensor:
+    """(mean, root mean square) of a float weight in float64: tells models apart, survives fp16 casts."""
+    w = weight.detach().double()
+    return torch.stack([w.mean(), w.pow(2).mean().sqrt()]).cpu()
+
+
+def collect_params(unet: torch.nn.Module, config: QuantConfig, act_bits: list[int], timesteps: list[int],
+                   scheduler: str, model: str, info: dict | None = None) -> QuantParams:
+    """Read the calibrated parameters out of a quantized UNet."""
+    layers = {}
+    for name, layer in quant_layers(unet).items():
+        wq, aq = layer.weight_quantizer, layer.act_quantizer
+        if not wq.ready:
+            raise RuntimeError(f"Layer {name} has no calibrated weights.")
+        layers[name] = {
+            "weight_scale": wq.scale, "weight_zero_point": wq.zero_point, "weight_codes": wq.codes,
+            "act_scale": aq.scale.float(), "act_zero_point": aq.zero_point, "act_range": aq.range.float(),
+            "fingerprint": fingerprint(layer.weight),
+        }
+        layers[name] = {k: v.detach().cpu().contiguous() for k, v in layers[name].items()}
+    return QuantParams(config, list(act_bits), [int(t) for t in timesteps], scheduler, model, layers, info or {})
+
+
+def apply_params(unet: torch.nn.Module, params: QuantParams) -> None:
+    """Write parameters into the quantized layers of ``unet`` (made by quantize_unet with the same config)."""
+    for name, layer in quant_layers(unet).items():
+        tensors = params.layers[name]
+        layer.set_weight(tensors["weight_scale"], tensors["weight_zero_point"], tensors["weight_codes"])
+        aq = layer.act_quantizer
+        device = aq.scale.device
+        aq.scale = tensors["act_scale"].to(device)
+        aq.zero_point = tensors["act_zero_point"].to(device)
+        aq.range = tensors["act_range"].to(device)
+        aq.bits = list(params.act_bits)
+        aq.step_dependent = params.step_dependent
+
+
+def save_params(path: str | os.PathLike, params: QuantParams) -> None:
+    """Write ``params`` to one safetensors file (atomically), the JSON header in its metadata."""
+    tensors = {f"{name}.{key}": t for name, layer in params.layers.items() for key, t in layer.items()}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"pcr": json.dumps(params.header())})
+
+
+def load_params(path: str | os.PathLike) -> QuantParams:
+    """Read parameters written by save_params; a missing or foreign file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No quantization parameters at {path}; calibrate first (pcr.calibrate.calibrate "
+                                "and pcr.quant.save_params, or the workflow's calibration rule).")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a safetensors file ({err}).") from None
+    header = json.loads(metadata.get("pcr", "{}"))
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path} holds no pcr quantization parameters (format {header.get('format')!r}, "
+                         f"expected {FORMAT!r}).")
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name, _, kind = key.rpartition(".")
+        layers.setdefault(name, {})[kind] = tensor
+    return QuantParams(QuantConfig.from_dict(header["config"]), header["act_bits"], header["timesteps"],
+                       header["scheduler"], header["model"], layers, header.get("info", {}))
+
+
+def check_compatible(pipe, params: QuantParams) -> None:
+    """Refuse parameters calibrated for another model or scheduler, naming what differs."""
+    expected = quantizable_layers(pipe.unet, params.config.keep_fp)
+    missing, extra = sorted(set(params.layers) - set(expected)), sorted(set(expected) - set(params.layers))
+    if missing or extra:
+        raise ParamsMismatchError(
+            f"The parameters do not fit this UNet (calibrated for {params.model}): layers {missing[:3]} are not in "
+            f"it and its layers {extra[:3]} have no parameters. Calibrate this model.")
+    wrong = []
+    for name, layer in expected.items():
+        saved = params.layers[name]
+        if tuple(saved["weight_codes"].shape) != tuple(layer.weight.shape):
+            wrong.append(f"{name} (shape {tuple(layer.weight.shape)} vs {tuple(saved['weight_codes'].shape)})")
+            continue
+        mean, rms = fingerprint(layer.weight)
+        saved_mean, saved_rms = saved["fingerprint"]
+        if abs(rms - saved_rms) > 1e-2 * saved_rms or abs(mean - saved_mean) > 1e-2 * saved_rms + 1e-12:
+            wrong.append(f"{name} (other weights)")
+    if wrong:
+        raise ParamsMismatchError(
+            f"The parameters were calibrated for another model ({params.model}); {len(wrong)} layers differ, "
+            f"e.g. {wrong[:3]}. Calibrate this model, or load the model they were made for.")
+    scheduler = type(pipe.scheduler).__name__
+    if params.step_dependent and scheduler != params.scheduler:
+        raise ParamsMismatchError(
+            f"The per-step parameters were calibrated with {params.scheduler} ({params.num_steps} steps), but the "
+            f"pipeline samples with {scheduler}; its steps are other timesteps. Use {params.scheduler} or recalibrate.")
+
+
+def quantize(pipe, params: QuantParams | str | os.PathLike):
+    """Make ``pipe``'s UNet quantized with calibrated ``params`` (or a file of them), weights and activations.
+
+    Per-step parameters are then only valid for runs of ``params.num_steps`` steps; another step count
+    stops the first UNet call with an error saying so.
+    """
+    if not isinstance(params, QuantParams):
+        params = load_params(params)
+    check_compatible(pipe, params)
+    StepTracker.attach(pipe)
+    quantize_unet(pipe.unet, params.config, params.num_steps)
+    apply_params(pipe.unet, params)
+    for layer in quant_layers(pipe.unet).values():
+        layer.quant_weights, layer.act_quantizer.enabled = True, True
+    return pipe

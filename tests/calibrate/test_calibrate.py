@@ -1,0 +1,82 @@
+"""calibrate(pipe, prompts, config): every method, on tiny SD, tiny SDXL and the toy model."""
+
+import pytest
+import torch
+
+import pcr
+from pcr.calibrate import calibrate
+from pcr.pipelines import load_pipeline
+from pcr.pipelines.sampling import sample_latents
+from pcr.quant import ConfigError, QuantConfig, quant_mode, unquantize_unet
+from pcr.quant.config import ACT_METHODS
+
+PROMPTS = ["a red circle on the left", "two blue squares", "a small green triangle", "a cat"]
+SEEDS = [10, 11]
+EVAL = ["a large blue circle at the top", "a gray square"]
+
+
+@pytest.fixture(scope="module", params=["tiny-sd", "tiny-sdxl", "toy"])
+def any_pipe(request, tiny_model_dir):
+    spec = f"toy:{tiny_model_dir}" if request.param == "toy" else request.param
+    pipe = load_pipeline(spec)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def quantized_error(pipe, params) -> float:
+    """Mean squared error of the final latents against the FP model on held-out prompts."""
+    fp = sample_latents(pipe, EVAL, SEEDS, params.num_steps, params.config.guidance_scale)
+    pcr.quantize(pipe, params)
+    try:
+        out = sample_latents(pipe, EVAL, SEEDS, params.num_steps, params.config.guidance_scale)
+    finally:
+        unquantize_unet(pipe.unet)
+    return (out - fp).pow(2).mean().item()
+
+
+@pytest.mark.parametrize("method", list(ACT_METHODS))
+def test_every_method_calibrates_and_lower_bits_are_worse(any_pipe, method):
+    config = QuantConfig(method=method, num_steps=3, guidance_scale=4.0, batch_size=2, uniform_steps=2,
+                         ptq4dm_draws=8)
+    errors = {}
+    for bits in (8, 4):
+        params = calibrate(any_pipe, PROMPTS, config.replace(weight_bits=bits, act_bits=bits), progress=False)
+        assert params.num_steps == 3 and params.act_bits == [bits] * 3
+        errors[bits] = quantized_error(any_pipe, params)
+    assert 0 < errors[8] < errors[4]
+
+
+def test_same_config_gives_the_same_parameters(any_pipe):
+    config = QuantConfig(num_steps=2, guidance_scale=4.0, batch_size=3, weight_bits=4)
+    first = calibrate(any_pipe, PROMPTS, config, progress=False)
+    second = calibrate(any_pipe, PROMPTS, config, progress=False)
+    for name, tensors in first.layers.items():
+        for key, tensor in tensors.items():
+            assert torch.equal(second.layers[name][key], tensor), (name, key)
+
+
+def test_config_from_a_dict_names_bad_keys():
+    config = QuantConfig.from_dict({"method": "qdiff", "weight_bits": 4, "relax_ratio": [0.8, 1.0]})
+    assert config.relax_ratio == (0.8, 1.0) and config.per_step is False and config.act_observer == "mse"
+    assert QuantConfig.from_dict(config.to_dict()) == config
+    assert config.digest() == QuantConfig.from_dict(config.to_dict()).digest() != QuantConfig().digest()
+    with pytest.raises(ConfigError, match="act_bit"):
+        QuantConfig.from_dict({"act_bit": 8})
+    with pytest.raises(ConfigError, match="method must be one of"):
+        QuantConfig(method="pcr")
+    with pytest.raises(ConfigError, match="weight_bits"):
+        QuantConfig(weight_bits=1)
+
+
+def test_empty_prompts_are_refused():
+    with pytest.raises(ValueError, match="non-empty list"):
+        calibrate(load_pipeline("tiny-sd"), [], QuantConfig(num_steps=2))
+
+
+def test_quant_mode_off_is_fp_after_quantize(any_pipe):
+    params = calibrate(any_pipe, PROMPTS[:2], QuantConfig(num_steps=2, guidance_scale=4.0), progress=False)
+    fp = sample_latents(any_pipe, EVAL, SEEDS, 2, 4.0)
+    pcr.quantize(any_pipe, params)
+    with quant_mode(any_pipe.unet, weights=False, acts=False):
+        torch.testing.assert_close(sample_latents(any_pipe, EVAL, SEEDS, 2, 4.0), fp, rtol=0, atol=0)
+    unquantize_unet(any_pipe.unet)

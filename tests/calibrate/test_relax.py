@@ -1,0 +1,50 @@
+"""Activation relaxing: the paper's intervals, and auto relaxing by measured step sensitivity."""
+
+import pytest
+
+from pcr.calibrate import calibrate
+from pcr.calibrate.relax import pick_relaxed_steps
+from pcr.quant import QuantConfig
+from pcr.quant.config import ConfigError
+
+PROMPTS = ["a red circle on the left", "two blue squares", "a small green triangle"]
+
+
+def test_paper_intervals():
+    sd = QuantConfig(num_steps=50, relax_ratio=(0.8, 1.0))
+    sdxl = QuantConfig(num_steps=50, relax_ratio=(0.0, 0.2))
+    assert sd.relaxed_steps() == tuple(range(40, 50))
+    assert sdxl.relaxed_steps() == tuple(range(10))
+    assert sum(sd.act_bits_per_step()) / 50 == pytest.approx(8.4)
+    assert QuantConfig(num_steps=5, relax_steps=(4, 0, 4)).act_bits_per_step() == [10, 8, 8, 8, 10]
+
+
+def test_bad_relax_settings_name_the_key():
+    with pytest.raises(ConfigError, match="relax_steps"):
+        QuantConfig(num_steps=5, relax_steps=(5,))
+    with pytest.raises(ConfigError, match="at most one of"):
+        QuantConfig(relax_steps=(1,), relax_ratio=(0.0, 0.2))
+    with pytest.raises(ConfigError, match="relax_auto_bits"):
+        QuantConfig(act_bits=8, relax_bits=10, relax_auto_bits=11.0)
+
+
+def test_pick_respects_the_budget_and_skips_useless_steps():
+    config = QuantConfig(num_steps=10, act_bits=8, relax_bits=10, relax_auto_bits=8.6)  # 3 steps fit
+    gains = [0.1, -0.2, 0.5, 0.0, 0.3, 0.2, 0.05, 0.0, 0.0, 0.0]
+    assert pick_relaxed_steps(gains, config) == (2, 4, 5)
+    assert pick_relaxed_steps([-1.0] * 10, config) == ()
+    assert pick_relaxed_steps(gains, config.replace(relax_auto_bits=8.0)) == ()
+
+
+@pytest.mark.parametrize("method", ["progressive", "naive"])
+def test_auto_relaxing_measures_every_step_and_stays_within_budget(pipe, method):
+    config = QuantConfig(method=method, weight_bits=8, act_bits=4, num_steps=4, guidance_scale=5.0, batch_size=2,
+                         relax_bits=10, relax_auto_bits=5.5)
+    params = calibrate(pipe, PROMPTS, config, progress=False)
+    auto = params.info["relax_auto"]
+    assert len(auto["gains"]) == 4 and auto["base_mse"] > 0
+    assert params.avg_act_bits <= 5.5
+    relaxed = [s for s, b in enumerate(params.act_bits) if b == 10]
+    assert relaxed == auto["relaxed_steps"] and len(relaxed) <= 2
+    assert all(auto["gains"][s] > 0 for s in relaxed)
+    assert all(auto["gains"][s] >= auto["gains"][o] for s in relaxed for o in range(4) if o not in relaxed)
