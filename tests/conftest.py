@@ -49,3 +49,13 @@ def tiny_model_dir(tiny_clip_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy") / "model"
     train_toy_model(tiny_clip_dir, folder, steps=2, batch_size=4, res=TINY_RES, progress=False)
     return folder
+
+
+@pytest.fixture(scope="module", params=["tiny-sd", "tiny-sdxl", "toy"])
+def any_pipe(request, tiny_model_dir):
+    """Each pipeline family pcr samples: tiny random SD and SDXL, and the tiny toy model."""
+    from pcr.pipelines import load_pipeline
+
+    pipe = load_pipeline(f"toy:{tiny_model_dir}" if request.param == "toy" else request.param)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -4,7 +4,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from pcr.bench.cost import MB, cost_report, layer_macs, unet_example_inputs
-from pcr.pipelines import tiny_sd, tiny_sdxl
+from pcr.pipelines import load_pipeline, tiny_sd, tiny_sdxl
 from pcr.quant.config import QuantConfig
 from pcr.toy.model import toy_unet_config
 
@@ -89,3 +89,10 @@ def test_bad_inputs_are_clear_errors():
         cost_report(Net(), QuantConfig(keep_fp=()), act_bits=[], example_inputs=NET_INPUTS)
     with pytest.raises(ValueError, match=r"keep_fp pattern\(s\) \['convv'\] match no"):
         cost_report(Net(), QuantConfig(keep_fp=("convv",)), example_inputs=NET_INPUTS)
+
+
+def test_a_pipelines_unet_is_counted_outside_any_sampling_run():
+    """load_pipeline attaches a StepTracker, which refuses UNet calls outside a run unless told the step."""
+    pipe = load_pipeline("tiny-sd")
+    report = cost_report(pipe.unet, QuantConfig())
+    assert report["n_layers_not_called"] == 0 and 0 < report["bitops_ratio"] < 1

@@ -61,7 +61,7 @@ def test_growing_noise_gives_monotone_metrics(toy_set, reference, save_images, c
     for key, sign in (("fid", 1), ("kid", 1), ("psnr", -1), ("ssim", -1)):
         values = [r[key] for r in results]
         assert all(sign * (b - a) > 0 for a, b in zip(values, values[1:], strict=False)), (key, values)
-    assert abs(results[0]["fid"]) < 1e-3 < results[1]["fid"]
+    assert abs(results[0]["fid"]) < 1e-3 * results[1]["fid"]  # identical: 0 up to rounding
     assert results[1]["psnr"] > 25 > results[-1]["psnr"]
 
 
@@ -93,6 +93,14 @@ def test_generated_folders_carry_provenance(config, tmp_path):
 
     with pytest.raises(ValueError, match="generated for other prompts"):
         evaluate(tmp_path / "q", tmp_path / "fp", list(prompts)[::-1], config, progress=False)
+
+    # the FP model from other seeds: images do not pair up, refused unless asked for unpaired
+    generate(load_pipeline("tiny-sd"), prompts, tmp_path / "fp-reseeded", **{**settings, "seed": 8})
+    with pytest.raises(ValueError, match=r"different \['seed'\]"):
+        evaluate(tmp_path / "fp-reseeded", tmp_path / "fp", prompts, config, progress=False)
+    unpaired = evaluate(tmp_path / "fp-reseeded", tmp_path / "fp", prompts, config, paired=False, progress=False)
+    assert unpaired["metrics"]["paired"] is False and unpaired["metrics"]["fid"] > 0
+    assert result["metrics"]["paired"] is True
 
 
 def test_fid_to_real_images(toy_set, reference, save_images, config, tmp_path):

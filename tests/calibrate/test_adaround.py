@@ -47,3 +47,13 @@ def test_it_is_deterministic(pipe):
     second = calibrate(pipe, PROMPTS[:2], config, progress=False)
     for name in first.layers:
         assert torch.equal(first.layers[name]["weight_codes"], second.layers[name]["weight_codes"])
+
+
+def test_rows_are_picked_from_positional_and_keyword_inputs_alike():
+    from pcr.calibrate.adaround import _rows
+
+    args, kwargs = (torch.arange(5), torch.arange(5) * 10), {"temb": torch.arange(5) * 100, "flag": None}
+    pick = torch.tensor([3, 1])
+    picked_args, picked_kwargs = _rows(args, pick), _rows(kwargs, pick)
+    assert picked_args[0].tolist() == [3, 1] and picked_args[1].tolist() == [30, 10]
+    assert picked_kwargs["temb"].tolist() == [300, 100] and picked_kwargs["flag"] is None

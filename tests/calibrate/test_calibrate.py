@@ -15,14 +15,6 @@ SEEDS = [10, 11]
 EVAL = ["a large blue circle at the top", "a gray square"]
 
 
-@pytest.fixture(scope="module", params=["tiny-sd", "tiny-sdxl", "toy"])
-def any_pipe(request, tiny_model_dir):
-    spec = f"toy:{tiny_model_dir}" if request.param == "toy" else request.param
-    pipe = load_pipeline(spec)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def quantized_error(pipe, params) -> float:
     """Mean squared error of the final latents against the FP model on held-out prompts."""
     fp = sample_latents(pipe, EVAL, SEEDS, params.num_steps, params.config.guidance_scale)

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from pcr.calibrate.observers import make_observer
-from pcr.calibrate.progressive import calibrate_activations, observed_steps, prepare_batches
+from pcr.calibrate.progressive import calibrate_activations, calibrate_progressive_rerun, observed_steps
 from pcr.calibrate.weights import calibrate_weights
-from pcr.quant import QuantConfig, quant_mode, quantize_unet, unquantize_unet
+from pcr.quant import QuantConfig, quantize_unet, unquantize_unet
 
 PROMPTS = ["a red circle on the left", "two blue squares", "a small green triangle", "a cat on a mat", "sunset"]
 SEEDS = [0, 1, 2, 3, 4]
@@ -31,26 +30,6 @@ def act_params(layers):
             for name, layer in layers.items()}
 
 
-def rerun_progressive(pipe, layers, cfg, act_bits):
-    """The reference procedure: for every step i, sample again from x_T with the quantized model
-    (steps < i final), observe step i with its activations unquantized, fix step i."""
-    for i in range(cfg.num_steps):
-        batches = prepare_batches(pipe, PROMPTS, SEEDS, cfg)
-        with quant_mode(pipe.unet, weights=True, acts=True):
-            for step in range(i):
-                for batch in batches:
-                    batch.advance(step, batch.model_output(pipe.unet, step))
-        observers = {name: make_observer(cfg.act_observer, cfg.ema_momentum) for name in layers}
-        for name, layer in layers.items():
-            layer.act_quantizer.observer = lambda x, step, o=observers[name]: o.update(x)
-        with quant_mode(pipe.unet, weights=True, acts=False):
-            for batch in batches:
-                batch.model_output(pipe.unet, i)
-        for name, layer in layers.items():
-            layer.act_quantizer.observer = None
-            layer.act_quantizer.set_step(i, *observers[name].range(act_bits[i], False), act_bits[i])
-
-
 @pytest.mark.parametrize("observer", ["ema", "minmax"])
 def test_one_pass_equals_the_rerun_form(pipe, layers, observer):
     cfg = config(method="progressive", observer=observer, relax_steps=(1,))
@@ -58,7 +37,8 @@ def test_one_pass_equals_the_rerun_form(pipe, layers, observer):
     info = calibrate_activations(pipe, layers, PROMPTS, SEEDS, cfg, act_bits, progress=False)
     one_pass = act_params(layers)
     assert info["act_unet_calls"] == 2 * STEPS * 3  # 3 batches: observe + advance at every step
-    rerun_progressive(pipe, layers, cfg, act_bits)
+    rerun = calibrate_progressive_rerun(pipe, layers, PROMPTS, SEEDS, cfg, act_bits, progress=False)
+    assert rerun["act_unet_calls"] == sum(i + 1 for i in range(STEPS)) * 3
     for name, (scale, zero_point) in act_params(layers).items():
         torch.testing.assert_close(one_pass[name][0], scale, rtol=1e-6, atol=0)
         assert torch.equal(one_pass[name][1], zero_point), name

@@ -53,3 +53,21 @@ def test_zero_is_exact_and_degenerate_ranges_do_not_divide_by_zero():
     scale, zero_point = affine_params(torch.tensor(0.0), torch.tensor(0.0), 8, False)
     assert torch.isfinite(scale) and scale > 0
     assert torch.equal(fake_quantize(torch.zeros(4), scale, zero_point, 8, False), torch.zeros(4))
+
+
+def test_gradient_path_is_straight_through_and_equal(x):
+    scale, zero_point = affine_params(x.min() / 2, x.max() / 2, 4, False)
+    x = x.clone().requires_grad_()
+    out = fake_quantize(x, scale, zero_point, 4, False)
+    with torch.no_grad():
+        assert torch.equal(out, fake_quantize(x, scale, zero_point, 4, False))
+    out.sum().backward()
+    inside = (x > x.min() / 2) & (x < x.max() / 2)
+    assert torch.all(x.grad[inside] == 1) and torch.all(x.grad[~inside.detach()].abs() <= 1)
+
+
+def test_half_inputs_stay_half_and_sixteen_bit_codes_do_not_overflow(x):
+    scale, zero_point = affine_params(x.min(), x.max(), 16, False)
+    out = fake_quantize(x.half(), scale, zero_point, 16, False)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), x, atol=2e-2, rtol=1e-3)

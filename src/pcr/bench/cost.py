@@ -14,10 +14,13 @@ Conventions (stated once, used everywhere):
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
 
+from pcr.pipelines.steps import get_step_tracker
 from pcr.quant.config import QuantConfig
 from pcr.quant.select import QUANTIZABLE, quantizable_layers
 
@@ -67,8 +70,10 @@ def layer_macs(model: nn.Module, example_inputs: dict) -> dict[str, int]:
         macs[names[module]] = macs.get(names[module], 0) + output.numel() * per_output
 
     handles = [m.register_forward_hook(hook) for m in names]
+    tracker = get_step_tracker(model)  # a pipeline's UNet: this call is outside any sampling run
     try:
-        model(**example_inputs)
+        with tracker.at(0) if tracker is not None else contextlib.nullcontext():
+            model(**example_inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -94,7 +99,7 @@ def cost_report(unet: nn.Module, config: QuantConfig, act_bits: list[int] | None
         raise ValueError(f"act_bits must be a non-empty list of bit-widths in [1, {FP_BITS}], got {act_bits!r}")
     quantized = quantizable_layers(unet, config.keep_fp)
     macs = layer_macs(unet, unet_example_inputs(unet) if example_inputs is None else example_inputs)
-    macs_q = sum(macs[name] for name in quantized)
+    macs_q = sum(macs.get(name, 0) for name in quantized)
     macs_all = sum(macs.values())
     avg_act = float(np.mean(act_bits))
     bitops_fp = macs_all * FP_BITS * FP_BITS

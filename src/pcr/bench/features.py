@@ -26,7 +26,7 @@ def _extractor_class():
     from torch_fidelity import FeatureExtractorBase
 
     class ToyClipFeatureExtractor(FeatureExtractorBase):
-        """The toy CLIP's image embedding, unnormalized as torch-fidelity's own CLIP extractor gives it.
+        """The toy CLIP's image embedding, normalized to unit length.
         feature_extractor_weights_path is the toy CLIP folder (torch-fidelity's kwarg for the weights)."""
 
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
@@ -44,7 +44,10 @@ def _extractor_class():
             if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError(f"expected uint8 images (N, 3, H, W), got {x.dtype} {tuple(x.shape)}")
             images = x.float() / 127.5 - 1.0  # the toy world's [-1, 1]
-            return (self.model.encode_image(clip_pixels(images, self.model)).float(),)
+            features = self.model.encode_image(clip_pixels(images, self.model)).float()
+            # unit length, as CLIP compares them: raw toy embeddings have norms of 12-30, which put
+            # KID's cubic kernel at ~1e2 and drowned 64-image KIDs in estimator noise (|KID| ~ 1e3)
+            return (torch.nn.functional.normalize(features, dim=1),)
 
         @staticmethod
         def get_provided_features_list():

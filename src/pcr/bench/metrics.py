@@ -131,14 +131,15 @@ def _image_files(folder: Path, n: int) -> list[Path]:
     return files
 
 
-def _check_pairing(images: dict | None, reference: dict | None, prompts: list[str]) -> None:
+def _check_pairing(images: dict | None, reference: dict | None, prompts: list[str], paired: bool) -> None:
     for which, settings in (("images", images), ("reference", reference)):
         if settings and (settings["count"], settings["prompts_sha256"]) != (len(prompts), prompts_digest(prompts)):
             raise ValueError(f"the {which} folder was generated for other prompts ({settings['count']} prompts, "
                              f"digest {settings['prompts_sha256']}) than the {len(prompts)} given "
                              f"(digest {prompts_digest(prompts)}); pass the prompt set it was generated from")
     if images and reference:
-        differ = [k for k in PAIRED_SETTINGS if images.get(k) != reference.get(k)]
+        keys = PAIRED_SETTINGS if paired else tuple(k for k in PAIRED_SETTINGS if k not in ("seed", "seed_rule"))
+        differ = [k for k in keys if images.get(k) != reference.get(k)]
         if differ:
             raise ValueError(f"the images and the reference were generated with different {differ}: "
                              "their images do not pair up by prompt and seed; regenerate one of them")
@@ -212,8 +213,11 @@ def _paired_metrics(gen_files: list[Path], ref_files: list[Path], texts: list[st
 @torch.no_grad()
 def evaluate(images_dir: str | os.PathLike, reference_dir: str | os.PathLike, prompts,
              config: MetricsConfig | None = None, *, model: str | None = None,
-             quant_config_hash: str | None = None, progress: bool = True) -> dict:
+             quant_config_hash: str | None = None, paired: bool = True, progress: bool = True) -> dict:
     """Metrics of the images in `images_dir` against the same-index images in `reference_dir`.
+
+    paired=False allows folders sampled from other seeds (e.g. the FP model reseeded: the noise floor
+    of FID from sampling alone); PSNR/SSIM then compare unrelated images and are marked unpaired.
 
     `prompts` (a PromptSet or a list of strings) are the prompts both folders were generated from.
     model / quant_config_hash default to what generate recorded in images_dir's generation.json.
@@ -229,11 +233,11 @@ def evaluate(images_dir: str | os.PathLike, reference_dir: str | os.PathLike, pr
     images_dir, reference_dir = Path(images_dir), Path(reference_dir)
     gen_files, ref_files = _image_files(images_dir, len(texts)), _image_files(reference_dir, len(texts))
     gen_settings = _settings(images_dir)
-    _check_pairing(gen_settings, _settings(reference_dir), texts)
+    _check_pairing(gen_settings, _settings(reference_dir), texts, paired)
 
     metrics, feature_dim = _feature_metrics(gen_files, ref_files, config)
-    paired, clip_name = _paired_metrics(gen_files, ref_files, texts, config, progress)
-    metrics.update(paired)
+    pairs, clip_name = _paired_metrics(gen_files, ref_files, texts, config, progress)
+    metrics.update(pairs, paired=paired)
 
     info = (gen_settings or {}).get("info", {})
     provenance = {

@@ -42,6 +42,8 @@ def _rows(obj, rows: torch.Tensor):
         return obj[rows] if obj.dim() > 0 else obj
     if isinstance(obj, dict):
         return {k: _rows(v, rows) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_rows(v, rows) for v in obj)
     return obj
 
 

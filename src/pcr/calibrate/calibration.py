@@ -24,12 +24,18 @@ def _model_name(pipe) -> str:
     return getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None) or type(pipe).__name__
 
 
+WEIGHT_KEYS = ("weight_bits", "weight_granularity", "weight_symmetric", "keep_fp", "weight_method")
+ADAROUND_KEYS = ("weight_iters", "weight_samples", "num_steps", "guidance_scale", "seed")  # its data depend on them
+
+
 def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str | None = None,
-              progress: bool = True) -> QuantParams:
+              weights: QuantParams | None = None, progress: bool = True) -> QuantParams:
     """Calibrate weight and activation quantization of ``pipe``'s UNet on ``prompts``.
 
     Prompt i is sampled with seed ``config.seed + i``. ``model`` names the pipeline in the saved
     parameters (a pcr spec such as "toy:results/toy/model"); by default the pipeline's own path.
+    ``weights``: parameters of an earlier calibration with the same weight settings, whose weight
+    codes are reused (weight calibration is shared by all activation methods; AdaRound is costly).
     """
     config = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config)
     prompts = list(prompts)
@@ -41,7 +47,10 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
     info: dict = {"prompts": len(prompts)}
     try:
         start = time.perf_counter()
-        if config.weight_method == "adaround":
+        if weights is not None:
+            _reuse_weights(layers, weights, config)
+            info["weights_from"] = weights.config.digest()
+        elif config.weight_method == "adaround":
             from pcr.calibrate.adaround import reconstruct_weights
 
             info.update(reconstruct_weights(pipe, layers, prompts, seeds, config, progress))
@@ -76,3 +85,14 @@ def _relax_auto(pipe, layers, prompts, seeds, config: QuantConfig, info: dict, p
             set_step_bits(layers, step, config.relax_bits)
     info["relax_auto"] = {**sensitivity, "relaxed_steps": list(relaxed), "seconds": time.perf_counter() - start}
     return act_bits
+
+
+def _reuse_weights(layers, weights: QuantParams, config: QuantConfig) -> None:
+    keys = WEIGHT_KEYS + (ADAROUND_KEYS if config.weight_method == "adaround" else ())
+    differ = [k for k in keys if getattr(weights.config, k) != getattr(config, k)]
+    if differ:
+        raise ValueError(f"The given weights were calibrated with other weight settings ({differ} differ); "
+                         "calibrate the weights for this config instead.")
+    for name, layer in layers.items():
+        tensors = weights.layers[name]
+        layer.set_weight(tensors["weight_scale"], tensors["weight_zero_point"], tensors["weight_codes"])

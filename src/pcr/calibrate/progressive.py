@@ -30,7 +30,7 @@ from pcr.quant.config import ACT_METHODS, QuantConfig
 from pcr.quant.layers import QuantLayerMixin
 from pcr.quant.model import quant_mode
 
-__all__ = ["observed_steps", "prepare_batches", "calibrate_activations"]
+__all__ = ["observed_steps", "prepare_batches", "calibrate_activations", "calibrate_progressive_rerun"]
 
 
 def observed_steps(config: QuantConfig, timesteps: list[int], num_train_timesteps: int) -> dict[int, int]:
@@ -62,15 +62,22 @@ def prepare_batches(pipe, prompts: list[str], seeds: list[int], config: QuantCon
             for i in range(0, len(prompts), size)]
 
 
-def _observe(layers: dict[str, QuantLayerMixin], observers: dict, weight: float) -> None:
+def _new_observers(layers: dict[str, QuantLayerMixin], config: QuantConfig) -> dict:
+    return {name: make_observer(config.act_observer, config.ema_momentum, config.percentile) for name in layers}
+
+
+def _observe_step(unet, layers: dict[str, QuantLayerMixin], batches: list[DenoisingBatch], step: int,
+                  observers: dict, weight: float) -> None:
+    """Every batch's UNet call at ``step``, weights quantized and activations not, feeds ``observers``."""
     for name, layer in layers.items():
-        observer = observers[name]
-        layer.act_quantizer.observer = lambda x, step, o=observer: o.update(x, weight)
-
-
-def _stop_observing(layers: dict[str, QuantLayerMixin]) -> None:
-    for layer in layers.values():
-        layer.act_quantizer.observer = None
+        layer.act_quantizer.observer = lambda x, _step, o=observers[name]: o.update(x, weight)
+    try:
+        with quant_mode(unet, weights=True, acts=False):
+            for batch in batches:
+                batch.model_output(unet, step)
+    finally:
+        for layer in layers.values():
+            layer.act_quantizer.observer = None
 
 
 def _fix(layers: dict[str, QuantLayerMixin], observers: dict, step: int, bits: int, symmetric: bool) -> None:
@@ -92,21 +99,12 @@ def calibrate_activations(pipe, layers: dict[str, QuantLayerMixin], prompts: lis
     weights = observed_steps(config, timesteps, pipe.scheduler.config.num_train_timesteps)
     quantized_trajectory = method["trajectory"] == "quantized"
 
-    def new_observers() -> dict:
-        return {name: make_observer(config.act_observer, config.ema_momentum, config.percentile) for name in layers}
-
-    shared = None if config.per_step else new_observers()
+    shared = None if config.per_step else _new_observers(layers, config)
     start, calls = time.perf_counter(), 0
     for step in tqdm(range(config.num_steps), desc=f"activations ({config.method})", disable=not progress):
         if step in weights:
-            observers = shared if shared is not None else new_observers()
-            _observe(layers, observers, weights[step])
-            try:
-                with quant_mode(unet, weights=True, acts=False):
-                    for batch in batches:
-                        batch.model_output(unet, step)
-            finally:
-                _stop_observing(layers)
+            observers = shared if shared is not None else _new_observers(layers, config)
+            _observe_step(unet, layers, batches, step, observers, weights[step])
             calls += len(batches)
             if shared is None:
                 _fix(layers, observers, step, act_bits[step], config.act_symmetric)
@@ -124,3 +122,23 @@ def calibrate_activations(pipe, layers: dict[str, QuantLayerMixin], prompts: lis
                     layer.act_quantizer.set_step(step, *ranges[name], bits)
     return {"act_seconds": time.perf_counter() - start, "act_unet_calls": calls, "observed_steps": weights,
             "timesteps": timesteps}
+
+
+@torch.no_grad()
+def calibrate_progressive_rerun(pipe, layers: dict[str, QuantLayerMixin], prompts: list[str], seeds: list[int],
+                                config: QuantConfig, act_bits: list[int], progress: bool = True) -> dict:
+    """The reference code's form of progressive calibration, kept to check the one-pass form against
+    and to time it: for every step i, sample again from x_T with the quantized model (steps < i
+    final), observe step i with its activations unquantized, fix step i. About N^2 / 2 UNet calls."""
+    unet, start, calls = pipe.unet, time.perf_counter(), 0
+    for i in tqdm(range(config.num_steps), desc="activations (progressive, re-run form)", disable=not progress):
+        batches = prepare_batches(pipe, prompts, seeds, config)
+        with quant_mode(unet, weights=True, acts=True):
+            for step in range(i):
+                for batch in batches:
+                    batch.advance(step, batch.model_output(unet, step))
+        observers = _new_observers(layers, config)
+        _observe_step(unet, layers, batches, i, observers, 1)
+        _fix(layers, observers, i, act_bits[i], config.act_symmetric)
+        calls += (i + 1) * len(batches)
+    return {"act_seconds": time.perf_counter() - start, "act_unet_calls": calls}

@@ -100,8 +100,7 @@ class ActQuantizer(nn.Module):
             self.observer(x, step)
         if not self.enabled:
             return x
-        # .float(): a pipeline cast to float16 casts these buffers too, and the kernel wants float32
-        return fake_quantize(x, self.scale[step:step + 1].float(), self.zero_point[step:step + 1], self.bits[step],
+        return fake_quantize(x, self.scale[step:step + 1], self.zero_point[step:step + 1], self.bits[step],
                              self.symmetric)
 
 
