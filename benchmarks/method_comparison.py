@@ -23,7 +23,7 @@ import torch
 import pcr
 from pcr.calibrate import calibrate
 from pcr.pipelines import load_pipeline
-from pcr.pipelines.sampling import decode, sample_latents
+from pcr.pipelines.sampling import final_images
 from pcr.quant import QuantConfig, unquantize_unet
 from pcr.runtime import use_available_cpus
 from pcr.toy.world import toy_prompts
@@ -49,11 +49,6 @@ def rows(steps: int) -> list[tuple[str, dict]]:
         for m in ("perstep", "progressive"):
             out.append(("W4A6", dict(weight_bits=4, act_bits=6, method=m, observer=observer, label=f"obs={observer}")))
     return out
-
-
-def images(pipe, prompts, seeds, steps, guidance, batch=16) -> torch.Tensor:
-    return torch.cat([decode(pipe, sample_latents(pipe, prompts[i:i + batch], seeds[i:i + batch], steps, guidance))
-                      for i in range(0, len(prompts), batch)])
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -97,7 +92,7 @@ def main():
     evaluation = [p.text for p in toy_prompts("eval_in", args.eval, seed=0)]
     seeds = [10_000 + i for i in range(len(evaluation))]
     base = QuantConfig(num_steps=args.steps, guidance_scale=args.guidance, batch_size=16, seed=0)
-    fp = images(pipe, evaluation, seeds, args.steps, args.guidance)
+    fp = final_images(pipe, evaluation, seeds, args.steps, args.guidance, batch_size=16)
     weights: dict[int, object] = {}
     kept: dict[str, object] = {}
 
@@ -116,7 +111,7 @@ def main():
         if config.weight_method == "minmax":
             weights.setdefault(config.weight_bits, params)
         pcr.quantize(pipe, params)
-        out = images(pipe, evaluation, seeds, args.steps, args.guidance)
+        out = final_images(pipe, evaluation, seeds, args.steps, args.guidance, batch_size=16)
         unquantize_unet(pipe.unet)
         db, mse = psnr(out, fp)
         row = {"setting": setting, "method": name, "psnr_db": round(db, 2), "mse": mse,

@@ -72,3 +72,15 @@ def test_quant_mode_off_is_fp_after_quantize(any_pipe):
     with quant_mode(any_pipe.unet, weights=False, acts=False):
         torch.testing.assert_close(sample_latents(any_pipe, EVAL, SEEDS, 2, 4.0), fp, rtol=0, atol=0)
     unquantize_unet(any_pipe.unet)
+
+
+def test_weights_of_an_earlier_calibration_are_reused_only_for_the_same_weight_settings():
+    pipe = load_pipeline("tiny-sd")
+    config = QuantConfig(num_steps=2, guidance_scale=4.0, weight_bits=4, weight_method="mse")
+    first = calibrate(pipe, PROMPTS[:2], config, progress=False)
+    second = calibrate(pipe, PROMPTS[:2], config.replace(method="naive"), weights=first, progress=False)
+    assert second.info["weights_from"] == first.config.digest()
+    for name, tensors in first.layers.items():
+        assert torch.equal(second.layers[name]["weight_codes"], tensors["weight_codes"])
+    with pytest.raises(ValueError, match="weight_bits"):
+        calibrate(pipe, PROMPTS[:2], config.replace(weight_bits=8), weights=first, progress=False)

@@ -15,7 +15,7 @@ from pcr.calibrate.weights import calibrate_weights
 from pcr.pipelines.steps import StepTracker
 from pcr.quant.config import ACT_METHODS, QuantConfig
 from pcr.quant.model import quantize_unet, unquantize_unet
-from pcr.quant.params import QuantParams, collect_params
+from pcr.quant.params import QuantParams, apply_weights, collect_params
 
 __all__ = ["calibrate"]
 
@@ -93,6 +93,4 @@ def _reuse_weights(layers, weights: QuantParams, config: QuantConfig) -> None:
     if differ:
         raise ValueError(f"The given weights were calibrated with other weight settings ({differ} differ); "
                          "calibrate the weights for this config instead.")
-    for name, layer in layers.items():
-        tensors = weights.layers[name]
-        layer.set_weight(tensors["weight_scale"], tensors["weight_zero_point"], tensors["weight_codes"])
+    apply_weights(layers, weights)

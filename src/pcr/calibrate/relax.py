@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import math
 
-import torch
 from tqdm.auto import tqdm
 
-from pcr.pipelines.sampling import decode, sample_latents
+from pcr.pipelines.sampling import final_images
 from pcr.quant.config import QuantConfig
 from pcr.quant.layers import QuantLayerMixin
 from pcr.quant.model import quant_mode
 
-__all__ = ["set_step_bits", "final_images", "step_gains", "pick_relaxed_steps"]
+__all__ = ["set_step_bits", "step_gains", "pick_relaxed_steps"]
 
 
 def set_step_bits(layers: dict[str, QuantLayerMixin], step: int, bits: int) -> None:
@@ -29,29 +28,18 @@ def set_step_bits(layers: dict[str, QuantLayerMixin], step: int, bits: int) -> N
         aq.set_step(step, lo, hi, bits)
 
 
-@torch.no_grad()
-def final_images(pipe, prompts: list[str], seeds: list[int], config: QuantConfig) -> torch.Tensor:
-    """(B, 3, H, W) final images in [0, 1] with the UNet as it is now switched."""
-    out = []
-    for i in range(0, len(prompts), config.batch_size):
-        latents = sample_latents(pipe, prompts[i:i + config.batch_size], seeds[i:i + config.batch_size],
-                                 config.num_steps, config.guidance_scale)
-        out.append(decode(pipe, latents))
-    return torch.cat(out)
-
-
 def step_gains(pipe, layers: dict[str, QuantLayerMixin], prompts: list[str], seeds: list[int], config: QuantConfig,
                progress: bool = True) -> dict:
     """Per step, the drop in final-image MSE against FP when only that step is relaxed (N + 2 samplings)."""
     with quant_mode(pipe.unet, weights=False, acts=False):
-        reference = final_images(pipe, prompts, seeds, config)
+        reference = final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size)
     with quant_mode(pipe.unet, weights=True, acts=True):
-        base = (final_images(pipe, prompts, seeds, config) - reference).pow(2).mean().item()
+        base = (final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size) - reference).pow(2).mean().item()
         gains = []
         for step in tqdm(range(config.num_steps), desc="relax sensitivity", disable=not progress, leave=False):
             bits = next(iter(layers.values())).act_quantizer.bits[step]
             set_step_bits(layers, step, config.relax_bits)
-            err = (final_images(pipe, prompts, seeds, config) - reference).pow(2).mean().item()
+            err = (final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size) - reference).pow(2).mean().item()
             set_step_bits(layers, step, bits)
             gains.append(base - err)
     return {"base_mse": base, "gains": gains}

@@ -20,7 +20,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from pcr.pipelines.steps import get_step_tracker
 
-__all__ = ["DenoisingBatch", "prepare_batch", "decode", "sample_latents", "prompt_generators"]
+__all__ = ["DenoisingBatch", "prepare_batch", "decode", "sample_latents", "final_images", "prompt_generators"]
 
 
 @dataclass
@@ -167,3 +167,14 @@ def sample_latents(pipe, prompts: list[str], seeds: list[int], num_steps: int, g
     for step in range(batch.num_steps):
         batch.advance(step, batch.model_output(unet, step))
     return batch.latents
+
+
+@torch.no_grad()
+def final_images(pipe, prompts: list[str], seeds: list[int], num_steps: int, guidance_scale: float,
+                 batch_size: int) -> torch.Tensor:
+    """(N, 3, H, W) final images in [0, 1], batch by batch, with the UNet as it is now switched."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        latents = sample_latents(pipe, prompts[i:i + batch_size], seeds[i:i + batch_size], num_steps, guidance_scale)
+        out.append(decode(pipe, latents))
+    return torch.cat(out)

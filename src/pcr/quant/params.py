@@ -23,8 +23,8 @@ from pcr.quant.config import QuantConfig
 from pcr.quant.model import quant_layers, quantize_unet
 from pcr.quant.select import quantizable_layers
 
-__all__ = ["QuantParams", "ParamsMismatchError", "collect_params", "apply_params", "save_params", "load_params",
-           "quantize", "fingerprint"]
+__all__ = ["QuantParams", "ParamsMismatchError", "collect_params", "apply_params", "apply_weights", "save_params",
+           "load_params", "quantize", "fingerprint"]
 
 FORMAT = "pcr.quant.params/1"
 TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
@@ -88,11 +88,19 @@ def collect_params(unet: torch.nn.Module, config: QuantConfig, act_bits: list[in
     return QuantParams(config, list(act_bits), [int(t) for t in timesteps], scheduler, model, layers, info or {})
 
 
-def apply_params(unet: torch.nn.Module, params: QuantParams) -> None:
-    """Write parameters into the quantized layers of ``unet`` (made by quantize_unet with the same config)."""
-    for name, layer in quant_layers(unet).items():
+def apply_weights(layers: dict, params: QuantParams) -> None:
+    """Set the saved weight codes of each quantized layer."""
+    for name, layer in layers.items():
         tensors = params.layers[name]
         layer.set_weight(tensors["weight_scale"], tensors["weight_zero_point"], tensors["weight_codes"])
+
+
+def apply_params(unet: torch.nn.Module, params: QuantParams) -> None:
+    """Write parameters into the quantized layers of ``unet`` (made by quantize_unet with the same config)."""
+    layers = quant_layers(unet)
+    apply_weights(layers, params)
+    for name, layer in layers.items():
+        tensors = params.layers[name]
         aq = layer.act_quantizer
         device = aq.scale.device
         aq.scale = tensors["act_scale"].to(device)
