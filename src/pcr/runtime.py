@@ -10,10 +10,11 @@ allocation), unless PCR_TORCH_THREADS says otherwise.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
-__all__ = ["available_cpus", "use_available_cpus"]
+__all__ = ["available_cpus", "resolve_device", "start_step", "torch_dtype", "use_available_cpus"]
 
 
 def available_cpus() -> int:
@@ -32,3 +33,25 @@ def use_available_cpus() -> int:
     threads = available_cpus()
     torch.set_num_threads(threads)
     return threads
+
+
+def start_step(log_path: str) -> int:
+    """The first line of a workflow script: its errors and progress bars go to the rule's log, and
+    torch gets every available CPU. Returns the thread count."""
+    sys.stderr = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the script
+    return use_available_cpus()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """"auto" is the first CUDA device when there is one, else the CPU; anything else is kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """A dtype from its config name (float32, float16, bfloat16), with an error naming the choices."""
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcr.bench.generate import image_name
+from pcr.bench.generation import image_name
 from pcr.toy import world
 from pcr.toy.clip import train_toy_clip
 

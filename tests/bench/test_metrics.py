@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pcr.bench.features import create_extractor, load_clip_scorer
-from pcr.bench.generate import generate
+from pcr.bench.generation import generate
 from pcr.bench.metrics import (
     MetricsConfig,
     bootstrap_interval,

@@ -88,3 +88,25 @@ def test_overlap_is_refused_naming_the_shared_prompts():
     with pytest.raises(PromptOverlapError, match=message):
         check_disjoint(calib, evaluation)
     check_disjoint(calib, ["a yellow circle"])
+
+
+def test_saved_prompt_set_reads_back_and_a_prefix_is_the_first_prompts(tmp_path):
+    from pcr.bench.prompts import read_prompt_set, write_prompt_set
+
+    drawn = load_prompts(f"coco:{DATA / 'captions_tiny2017.json'}", n=4, seed=3)
+    write_prompt_set(tmp_path / "set.json", drawn)
+    assert read_prompt_set(tmp_path / "set.json") == drawn
+    prefix = read_prompt_set(tmp_path / "set.json", n=2)
+    assert prefix.prompts == drawn.prompts[:2] and prefix.name == f"{drawn.name}[:2]"
+    with pytest.raises(ValueError, match="holds 4 prompts; cannot take the first 5"):
+        read_prompt_set(tmp_path / "set.json", n=5)
+
+
+def test_bench_names_are_lazy_and_generate_is_the_function():
+    import subprocess
+    import sys
+
+    code = ("import sys, pcr.bench.prompts; assert 'torch' not in sys.modules; "
+            "import pcr.bench.generation; from pcr.bench import generate; assert callable(generate)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

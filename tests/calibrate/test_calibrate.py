@@ -84,3 +84,26 @@ def test_weights_of_an_earlier_calibration_are_reused_only_for_the_same_weight_s
         assert torch.equal(second.layers[name]["weight_codes"], tensors["weight_codes"])
     with pytest.raises(ValueError, match="weight_bits"):
         calibrate(pipe, PROMPTS[:2], config.replace(weight_bits=8), weights=first, progress=False)
+
+
+def test_the_shared_weight_step_gives_the_same_parameters_as_a_full_calibration(tmp_path):
+    """The workflow calibrates weights once (calibrate_weights_only) and every activation method reuses them."""
+    from pcr.calibrate import calibrate_weights_only
+    from pcr.quant import load_params, save_params
+    from pcr.quant.params import act_range_rows
+
+    pipe = load_pipeline("tiny-sd")
+    config = QuantConfig(num_steps=2, guidance_scale=4.0, weight_bits=4, act_bits=6, weight_method="mse")
+    save_params(tmp_path / "weights.safetensors", calibrate_weights_only(pipe, [], config, progress=False))
+    weights = load_params(tmp_path / "weights.safetensors")
+    assert weights.info["weights_only"] and weights.timesteps == []
+    with pytest.raises(ValueError, match="calibrated weights only"):
+        pcr.quantize(pipe, weights)
+    shared = calibrate(pipe, PROMPTS[:2], config, weights=weights, progress=False)
+    full = calibrate(pipe, PROMPTS[:2], config, progress=False)
+    for name, tensors in full.layers.items():
+        for key in ("weight_codes", "weight_scale", "act_scale", "act_zero_point", "act_range"):
+            assert torch.equal(shared.layers[name][key], tensors[key]), (name, key)
+    rows = act_range_rows(full)
+    assert len(rows) == 2 * len(full.layers) and {r["step"] for r in rows} == {0, 1}
+    assert all(r["lo"] <= r["hi"] for r in rows)

@@ -10,9 +10,10 @@ rule toy_clip:
         "logs/toy_clip.log",
     benchmark:
         "results/benchmarks/toy_clip.tsv"
-    threads: 2
+    threads: config["resources"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
     script:
         "../scripts/train_toy_clip.py"
 
@@ -31,9 +32,10 @@ rule toy_model:
         "logs/toy_model.log",
     benchmark:
         "results/benchmarks/toy_model.tsv"
-    threads: 2
+    threads: config["resources"]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
     script:
         "../scripts/train_toy_model.py"
 
@@ -53,7 +55,10 @@ rule toy_evaluator:
         "logs/toy_evaluator.log",
     benchmark:
         "results/benchmarks/toy_evaluator.tsv"
-    threads: 2
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
     script:
         "../scripts/evaluate_toy.py"
 
@@ -79,6 +84,9 @@ rule toy_sample_grid:
         "logs/toy_sample_grid.log",
     benchmark:
         "results/benchmarks/toy_sample_grid.tsv"
-    threads: 2
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
     script:
         "../scripts/sample_grid.py"

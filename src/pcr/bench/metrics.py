@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pcr.bench.features import TOY_CLIP, create_extractor, extract_features, load_clip_scorer
-from pcr.bench.generate import SEED_RULE, SETTINGS, image_name
+from pcr.bench.generation import SEED_RULE, SETTINGS, image_name
 from pcr.bench.prompts import prompts_digest
 from pcr.io import atomic_file
 
@@ -122,7 +122,7 @@ def _settings(folder: Path) -> dict | None:
 
 def _image_files(folder: Path, n: int) -> list[Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist; generate it with pcr.bench.generate")
+        raise FileNotFoundError(f"image folder {folder} does not exist; generate it with pcr.bench.generate()")
     files = [folder / image_name(i) for i in range(n)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PROMPT_SPECS", "PromptOverlapError", "PromptSet", "check_disjoint", "load_prompts", "prompts_digest"]
+__all__ = ["PROMPT_SPECS", "PromptOverlapError", "PromptSet", "check_disjoint", "load_prompts", "prompts_digest",
+           "read_prompt_set", "write_prompt_set"]
 
 PROMPT_SPECS = ("coco:<captions json>", "parti:<tsv>", "sdprompts:<parquet|csv>", "txt:<file>", "toy:<split>")
 
@@ -169,6 +170,26 @@ def load_prompts(spec: str, n: int | None = None, seed: int = 0) -> PromptSet:
         raise ValueError(f"{spec}: the file holds no prompts")
     full = PromptSet(f"{kind}:{path.name}", prompts)
     return full if n is None else full.sample(n, seed)
+
+
+def write_prompt_set(path: str | os.PathLike, prompts: PromptSet) -> None:
+    """Save a drawn set (JSON: name, digest, prompts), so every later step reads the same prompts."""
+    from pcr.io import atomic_file
+
+    data = {"name": prompts.name, "sha256": prompts.digest(), "prompts": list(prompts.prompts)}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_prompt_set(path: str | os.PathLike, n: int | None = None) -> PromptSet:
+    """A set saved by write_prompt_set; `n` keeps its first n prompts (a calibration-size ablation)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    prompts = PromptSet(data["name"], tuple(data["prompts"]))
+    if n is None or n == len(prompts):
+        return prompts
+    if not 1 <= n <= len(prompts):
+        raise ValueError(f"{path} holds {len(prompts)} prompts; cannot take the first {n}")
+    return PromptSet(f"{prompts.name}[:{n}]", prompts.prompts[:n])
 
 
 def _normalize(text: str) -> str:

@@ -17,7 +17,7 @@ from pcr.quant.config import ACT_METHODS, QuantConfig
 from pcr.quant.model import quantize_unet, unquantize_unet
 from pcr.quant.params import QuantParams, apply_weights, collect_params
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "calibrate_weights_only"]
 
 
 def _model_name(pipe) -> str:
@@ -46,17 +46,11 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
     layers = quantize_unet(pipe.unet, config, config.num_steps)
     info: dict = {"prompts": len(prompts)}
     try:
-        start = time.perf_counter()
         if weights is not None:
             _reuse_weights(layers, weights, config)
             info["weights_from"] = weights.config.digest()
-        elif config.weight_method == "adaround":
-            from pcr.calibrate.adaround import reconstruct_weights
-
-            info.update(reconstruct_weights(pipe, layers, prompts, seeds, config, progress))
         else:
-            calibrate_weights(layers, config.weight_method, progress)
-        info["weight_seconds"] = time.perf_counter() - start
+            info.update(_calibrate_weights(pipe, layers, prompts, seeds, config, progress))
 
         act_bits = config.act_bits_per_step()
         info.update(calibrate_activations(pipe, layers, prompts, seeds, config, act_bits, progress))
@@ -68,6 +62,40 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
                               model or _model_name(pipe), info)
     finally:
         unquantize_unet(pipe.unet)
+
+
+def calibrate_weights_only(pipe, prompts: list[str], config: QuantConfig | dict, model: str | None = None,
+                           progress: bool = True) -> QuantParams:
+    """The weight step of ``calibrate`` alone, saved once and reused (``calibrate(..., weights=)``) by
+    every activation method with the same weight settings. Its activation parameters are unset, so
+    ``pcr.quantize`` refuses it. ``prompts`` feed AdaRound; min-max and MSE weights do not read them."""
+    config = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config)
+    prompts = list(prompts)
+    seeds = [config.seed + i for i in range(len(prompts))]
+    StepTracker.attach(pipe)
+    layers = quantize_unet(pipe.unet, config, config.num_steps)
+    try:
+        info = {"weights_only": True, "prompts": len(prompts),
+                **_calibrate_weights(pipe, layers, prompts, seeds, config, progress)}
+        return collect_params(pipe.unet, config, config.act_bits_per_step(), [], type(pipe.scheduler).__name__,
+                              model or _model_name(pipe), info)
+    finally:
+        unquantize_unet(pipe.unet)
+
+
+def _calibrate_weights(pipe, layers, prompts, seeds, config: QuantConfig, progress: bool) -> dict:
+    start = time.perf_counter()
+    info = {}
+    if config.weight_method == "adaround":
+        from pcr.calibrate.adaround import reconstruct_weights
+
+        if not prompts:
+            raise ValueError("AdaRound weight calibration needs calibration prompts.")
+        info.update(reconstruct_weights(pipe, layers, prompts, seeds, config, progress))
+    else:
+        calibrate_weights(layers, config.weight_method, progress)
+    info["weight_seconds"] = time.perf_counter() - start
+    return info
 
 
 def _relax_auto(pipe, layers, prompts, seeds, config: QuantConfig, info: dict, progress: bool) -> list[int]:

@@ -23,8 +23,8 @@ from pcr.quant.config import QuantConfig
 from pcr.quant.model import quant_layers, quantize_unet
 from pcr.quant.select import quantizable_layers
 
-__all__ = ["QuantParams", "ParamsMismatchError", "collect_params", "apply_params", "apply_weights", "save_params",
-           "load_params", "quantize", "fingerprint"]
+__all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "collect_params", "apply_params", "apply_weights",
+           "save_params", "load_params", "quantize", "fingerprint"]
 
 FORMAT = "pcr.quant.params/1"
 TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
@@ -86,6 +86,13 @@ def collect_params(unet: torch.nn.Module, config: QuantConfig, act_bits: list[in
         }
         layers[name] = {k: v.detach().cpu().contiguous() for k, v in layers[name].items()}
     return QuantParams(config, list(act_bits), [int(t) for t in timesteps], scheduler, model, layers, info or {})
+
+
+def act_range_rows(params: QuantParams) -> list[dict]:
+    """The calibrated activation range of every layer at every step, as rows (layer, step, lo, hi)."""
+    return [{"layer": name, "step": step, "lo": lo, "hi": hi}
+            for name, tensors in params.layers.items()
+            for step, (lo, hi) in enumerate(tensors["act_range"].tolist())]
 
 
 def apply_weights(layers: dict, params: QuantParams) -> None:
@@ -180,6 +187,9 @@ def quantize(pipe, params: QuantParams | str | os.PathLike):
     """
     if not isinstance(params, QuantParams):
         params = load_params(params)
+    if params.info.get("weights_only"):
+        raise ValueError("These parameters hold calibrated weights only (the shared weight step); calibrate the "
+                         "activations with pcr.calibrate.calibrate(..., weights=params) and quantize with that.")
     check_compatible(pipe, params)
     StepTracker.attach(pipe)
     quantize_unet(pipe.unet, params.config, params.num_steps)

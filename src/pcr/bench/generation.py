@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 from pcr.bench.prompts import prompts_digest
 from pcr.io import atomic_file
 
-__all__ = ["MANIFEST", "SEED_RULE", "SETTINGS", "GenerationError", "generate", "image_name", "merge_manifests",
-           "read_manifest"]
+__all__ = ["MANIFEST", "SEED_RULE", "SETTINGS", "GenerationError", "collect_shards", "generate", "image_name",
+           "merge_manifests", "read_manifest"]
 
 MANIFEST = "manifest.csv"
 SETTINGS = "generation.json"
@@ -60,15 +61,25 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     """Rows of a manifest as dicts with int index and seed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no manifest {path}; pcr.bench.generate writes it (merge_manifests after shards)")
+        raise FileNotFoundError(f"no manifest {path}; pcr.bench.generate() writes it (merge_manifests after shards)")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [{**r, "index": int(r["index"]), "seed": int(r["seed"])} for r in rows]
 
 
-def _check_settings(out_dir: Path, settings: dict) -> None:
-    """Write generation.json, or refuse if the folder already holds images of other settings."""
+def _clear(out_dir: Path) -> None:
+    """Remove a generation folder's images, manifests and settings (nothing else)."""
+    for pattern in ("*.png", ".*.tmp", "manifest*.csv", SETTINGS):
+        for path in out_dir.glob(pattern):
+            path.unlink()
+
+
+def _check_settings(out_dir: Path, settings: dict, replace_stale: bool = False) -> None:
+    """Write generation.json, or refuse if the folder already holds images of other settings
+    (or, with replace_stale, delete them: a workflow rerun after its inputs changed)."""
     path = out_dir / SETTINGS
+    if path.is_file() and replace_stale and json.loads(path.read_text()) != settings:
+        _clear(out_dir)
     if path.is_file():
         old = json.loads(path.read_text())
         if old != settings:
@@ -94,7 +105,7 @@ def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
 def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int = 0, batch_size: int = 8,
              shard: tuple[int, int] = (0, 1), num_inference_steps: int = 50, guidance_scale: float = 7.5,
              height: int | None = None, width: int | None = None, info: dict | None = None,
-             progress: bool = True) -> Path:
+             progress: bool = True, replace_stale: bool = False) -> Path:
     """Sample one PNG per prompt into `out_dir`; return the manifest written.
 
     Prompts are cut into fixed batches of `batch_size` (indices 0..b-1, b..2b-1, ...); shard k of n
@@ -102,7 +113,9 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
     writes manifest.csv. Finished images are skipped. batch_size is a setting of the folder, like
     the step count: a rerun must use the same one. `info` (model spec, quant config hash, prompt
     set name) is stored in generation.json for the metrics' provenance. The pipeline's own
-    progress bar is silenced during the call; ours counts images.
+    progress bar is silenced during the call; ours counts images. `replace_stale=True` deletes a
+    folder of other settings instead of refusing it (the workflow, whose inputs changed, uses it;
+    a folder of the same settings is always resumed).
     """
     k, n = _check_shard(shard)
     prompts = list(prompts)
@@ -118,7 +131,7 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
         "count": len(prompts), "prompts_sha256": prompts_digest(prompts), "batch_size": batch_size,
         "info": info or {},
     }
-    _check_settings(out_dir, settings)
+    _check_settings(out_dir, settings, replace_stale)
 
     # Fixed batches of global indices; shard k runs batches j with j % n == k, and a batch with any
     # image missing runs whole. So every image comes out of the same batch computation however the
@@ -164,7 +177,7 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     path = out_dir / SETTINGS
     if not path.is_file():
-        raise FileNotFoundError(f"no {SETTINGS} in {out_dir}: run pcr.bench.generate into it first")
+        raise FileNotFoundError(f"no {SETTINGS} in {out_dir}: run pcr.bench.generate() into it first")
     settings = json.loads(path.read_text())
     shards = sorted(out_dir.glob("manifest.shard-*-of-*.csv"))
     counts = {int(p.stem.rsplit("-", 1)[1]) for p in shards}
@@ -185,4 +198,35 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
                               "rerun their shards (finished images are skipped)")
     prompts = [r["prompt"] for r in rows]
     _write_manifest(out_dir / MANIFEST, prompts, range(len(prompts)), settings["seed"])
+    return out_dir / MANIFEST
+
+
+def collect_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """Join the folders of a sharded generation (one per shard job, each written by generate with
+    its shard) into `out_dir`: images hard-linked (copied across file systems), generation.json and
+    manifest.csv. The shard folders must share their settings and cover every index once."""
+    out_dir = Path(out_dir)
+    shard_dirs = [Path(d) for d in shard_dirs]
+    settings = [json.loads((d / SETTINGS).read_text()) if (d / SETTINGS).is_file() else None for d in shard_dirs]
+    if None in settings:
+        raise GenerationError(f"{shard_dirs[settings.index(None)]} is not a generation folder; run its shard first")
+    if any(s != settings[0] for s in settings):
+        raise GenerationError(f"the shard folders {[str(d) for d in shard_dirs]} were generated with other settings; "
+                              "rerun them")
+    rows = sorted((r for d in shard_dirs for p in d.glob("manifest.shard-*-of-*.csv") for r in read_manifest(p)),
+                  key=lambda r: r["index"])
+    if [r["index"] for r in rows] != list(range(settings[0]["count"])):
+        raise GenerationError(f"the shard folders do not cover indices 0..{settings[0]['count'] - 1} exactly once")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(out_dir, settings[0], replace_stale=True)
+    source = {r["index"]: d for d in shard_dirs for p in d.glob("manifest.shard-*-of-*.csv") for r in read_manifest(p)}
+    for r in rows:
+        target = out_dir / r["file"]
+        if target.is_file():
+            target.unlink()
+        try:
+            os.link(source[r["index"]] / r["file"], target)
+        except OSError:
+            shutil.copyfile(source[r["index"]] / r["file"], target)
+    _write_manifest(out_dir / MANIFEST, [r["prompt"] for r in rows], range(len(rows)), settings[0]["seed"])
     return out_dir / MANIFEST

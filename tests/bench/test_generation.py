@@ -4,7 +4,7 @@ import pytest
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from pcr.bench.generate import GenerationError, generate, merge_manifests, read_manifest
+from pcr.bench.generation import GenerationError, collect_shards, generate, merge_manifests, read_manifest
 from pcr.pipelines import load_pipeline
 
 PROMPTS = ["a red bicycle", "two dogs in a park", "a bowl of soup", "a lighthouse at dusk", "a green apple"]
@@ -25,7 +25,8 @@ def reference(pipe, tmp_path_factory):
 
 
 def folder_bytes(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith("manifest.shard")}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith("manifest.shard")}
 
 
 def test_one_png_per_prompt_with_manifest_and_settings(reference):
@@ -48,6 +49,31 @@ def test_sharded_generation_equals_unsharded(pipe, reference, tmp_path):
         assert [r["index"] for r in read_manifest(manifest)] == [[0, 1, 4], [2, 3]][k]
     merge_manifests(out)
     assert folder_bytes(out) == folder_bytes(reference)
+
+
+def test_shards_in_their_own_folders_collect_to_the_unsharded_folder(pipe, reference, tmp_path):
+    """The workflow's layout: one folder per shard job (each resumable alone), joined by collect_shards."""
+    shards = [tmp_path / "shards" / f"{k}-of-2" for k in range(2)]
+    for k, folder in enumerate(shards):
+        generate(pipe, PROMPTS, folder, batch_size=2, shard=(k, 2), info={"model": "tiny-sd"}, **SETTINGS)
+    with pytest.raises(GenerationError, match="do not cover"):
+        collect_shards(shards[:1], tmp_path / "partial")
+    collect_shards(shards, tmp_path)
+    assert folder_bytes(tmp_path) == folder_bytes(reference)
+    assert sorted(p.name for p in shards[1].glob("*.png")) == ["00002.png", "00003.png"]
+
+
+def test_replace_stale_starts_over_but_same_settings_resume(pipe, reference, tmp_path):
+    out = tmp_path / "stale"
+    generate(pipe, PROMPTS, out, batch_size=2, info={"model": "tiny-sd", "params_sha256": "old"}, **SETTINGS)
+    marker = (out / "00000.png").stat().st_mtime_ns
+    generate(pipe, PROMPTS, out, batch_size=2, info={"model": "tiny-sd", "params_sha256": "old"}, replace_stale=True,
+             **SETTINGS)
+    assert (out / "00000.png").stat().st_mtime_ns == marker  # same settings: nothing redone
+    generate(pipe, PROMPTS[:3], out, batch_size=2, info={"model": "tiny-sd", "params_sha256": "new"},
+             replace_stale=True, **SETTINGS)
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
+    assert json.loads((out / "generation.json").read_text())["info"]["params_sha256"] == "new"
 
 
 def test_merge_refuses_an_unfinished_sharded_run(pipe, tmp_path):

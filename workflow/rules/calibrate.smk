@@ -1,0 +1,57 @@
+rule calibrate_weights:
+    input:
+        unpack(lambda w: MODEL_INPUT),
+        prompts="results/prompts/calibration.json",
+    output:
+        "results/calib/weights/{wkey}.safetensors",
+    params:
+        spec=MODEL_SPEC,
+        quant=lambda w: {k: v for k, v in weight_settings(*WEIGHTS[w.wkey]).items() if k != "calib_size"}
+        | {"act_bits": 8, "num_steps": SAMPLING["steps"], "guidance_scale": SAMPLING["guidance"], "seed": config["seed"]},
+        calib_size=lambda w: weight_settings(*WEIGHTS[w.wkey]).get("calib_size", 0),
+        dtype=config["compute"]["dtype"],
+    log:
+        "logs/calibrate_weights/{wkey}.log",
+    benchmark:
+        "results/benchmarks/calibrate_weights/{wkey}.tsv"
+    threads: config["resources"]["threads"]
+    resources:
+        **model_resources(),
+    script:
+        "../scripts/calibrate_weights.py"
+
+
+rule calibrate:
+    input:
+        unpack(lambda w: MODEL_INPUT),
+        prompts="results/prompts/calibration.json",
+        weights=lambda w: f"results/calib/weights/{weight_key(w.variant, w.bits)}.safetensors",
+    output:
+        params="results/calib/{variant}/{bits}.safetensors",
+        cost="results/calib/{variant}/{bits}.cost.json",
+    params:
+        spec=MODEL_SPEC,
+        quant=lambda w: quant_config(w.variant, w.bits),
+        calib_size=lambda w: VARIANTS[w.variant]["calib_size"],
+        dtype=config["compute"]["dtype"],
+    log:
+        "logs/calibrate/{variant}/{bits}.log",
+    benchmark:
+        "results/benchmarks/calibrate/{variant}/{bits}.tsv"
+    threads: config["resources"]["threads"]
+    resources:
+        **model_resources(),
+    script:
+        "../scripts/calibrate.py"
+
+
+rule act_ranges:
+    input:
+        fp_trajectory=lambda w: f"results/calib/{ABL['progressive']['variants'][0]}/{w.bits}.safetensors",
+        quantized_trajectory=lambda w: f"results/calib/{ABL['progressive']['variants'][1]}/{w.bits}.safetensors",
+    output:
+        "results/tables/act_ranges_{bits}.csv",
+    log:
+        "logs/act_ranges/{bits}.log",
+    script:
+        "../scripts/act_ranges.py"

@@ -1,0 +1,67 @@
+def generation_inputs(wildcards):
+    inputs = {"prompts": f"results/prompts/{wildcards.pset}.json", **MODEL_INPUT}
+    if wildcards.variant not in (FP, FLOOR):
+        inputs["params"] = f"results/calib/{wildcards.variant}/{wildcards.bits}.safetensors"
+    return inputs
+
+
+def generation_params(wildcards):
+    """Everything an image folder depends on; the FP floor samples from other seeds."""
+    return {"spec": MODEL_SPEC, "steps": SAMPLING["steps"], "guidance": SAMPLING["guidance"],
+            "height": SAMPLING.get("height"), "width": SAMPLING.get("width"), "batch_size": SAMPLING["batch_size"],
+            "dtype": config["compute"]["dtype"], "seed": config["seed"] + (RESEED if wildcards.variant == FLOOR else 0)}
+
+
+SHARDS = SAMPLING["shards"]
+
+if SHARDS == 1:
+
+    rule generate:
+        input:
+            unpack(generation_inputs),
+        output:
+            "results/images/{variant}/{bits}/{pset}/manifest.csv",
+        params:
+            sampling=generation_params,
+            shard=(0, 1),
+        log:
+            "logs/generate/{variant}/{bits}/{pset}.log",
+        benchmark:
+            "results/benchmarks/generate/{variant}/{bits}/{pset}.tsv"
+        threads: config["resources"]["threads"]
+        resources:
+            **model_resources(),
+        script:
+            "../scripts/generate.py"
+
+else:
+
+    rule generate_shard:
+        input:
+            unpack(generation_inputs),
+        output:
+            "results/images/{variant}/{bits}/{pset}/shards/{k}-of-%d/manifest.shard-{k}-of-%d.csv" % (SHARDS, SHARDS),
+        params:
+            sampling=generation_params,
+            shard=lambda w: (int(w.k), SHARDS),
+        log:
+            "logs/generate/{variant}/{bits}/{pset}.shard-{k}.log",
+        benchmark:
+            "results/benchmarks/generate/{variant}/{bits}/{pset}.shard-{k}.tsv"
+        threads: config["resources"]["threads"]
+        resources:
+            **model_resources(),
+        script:
+            "../scripts/generate.py"
+
+    rule collect_shards:
+        input:
+            expand("results/images/{{variant}}/{{bits}}/{{pset}}/shards/{k}-of-{n}/manifest.shard-{k}-of-{n}.csv",
+                   k=range(SHARDS), n=SHARDS),
+        output:
+            "results/images/{variant}/{bits}/{pset}/manifest.csv",
+        log:
+            "logs/collect_shards/{variant}/{bits}/{pset}.log",
+        localrule: True
+        script:
+            "../scripts/collect_shards.py"
