@@ -1,63 +1,179 @@
-"""The Snakemake workflow on a fresh copy of the repository: validated config, and a real tiny run."""
+"""The Snakemake workflow on a fresh copy of the repository: validated configs, the planned DAG of
+every target and profile, and a real tiny run (rerun does nothing; a changed relax ratio reruns
+only its branch)."""
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+TINY = ROOT / ".test" / "config" / "config.yaml"
 
 
 def checkout(tmp_path: Path, config: dict | None = None) -> Path:
-    """A copy of the workflow and a config, as a user's clone would have them."""
+    """A copy of the workflow and its configs, as a user's clone has them; `config` replaces config.yaml."""
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
-    (tmp_path / "config").mkdir()
-    config = config or yaml.safe_load((ROOT / ".test" / "config" / "config.yaml").read_text())
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    if config is not None:
+        (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return tmp_path
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SNAKEMAKE), "--cores", "1", *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=600)
+def tiny_config() -> dict:
+    return yaml.safe_load(TINY.read_text())
 
 
-def test_default_config_is_valid_and_plans_the_toy_dag(tmp_path):
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    run = snakemake(tmp_path, "--dry-run", "all")
-    assert run.returncode == 0, run.stderr
-    for rule in ("toy_clip", "toy_model", "toy_evaluator", "toy_sample_grid"):
-        assert rule in run.stdout
+def snakemake(workdir: Path, *args: str, cores: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PCR_TORCH_THREADS": "1"}  # two one-thread jobs at a time on the 2-core machine
+    return subprocess.run([str(SNAKEMAKE), "--cores", str(cores), *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=900, env=env)
 
 
-def test_bad_config_names_the_key(tmp_path):
-    config = yaml.safe_load((ROOT / ".test" / "config" / "config.yaml").read_text())
+def planned(run: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> job count."""
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    table = run.stdout.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def planned_wildcards(run: subprocess.CompletedProcess, rule: str) -> set[str]:
+    """The wildcards of every planned job of `rule`, e.g. {"variant=progressive, bits=W4A6"}."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout)
+    return {re.search(r"wildcards: (.*)", b)[1] for b in blocks if re.match(rf"(?:local)?rule {rule}:", b)}
+
+
+def test_default_config_plans_the_main_comparison(tmp_path):
+    jobs = planned(snakemake(checkout(tmp_path), "--dry-run", "all"))
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    variants, bits = len(config["quant"]["variants"]), len(config["quant"]["bits"])
+    sets = len(config["prompts"]["evaluation"])
+    assert jobs["calibrate"] == variants * bits
+    assert jobs["calibrate_weights"] == bits  # one weight calibration per bit setting, shared by the methods
+    assert jobs["generate"] == (variants * bits + 2) * sets  # + FP reference and FP from other seeds
+    assert jobs["metrics"] == (variants * bits + 1) * sets
+    assert jobs["sample_grid"] == sets
+    for rule in ("prompts", "toy_clip", "toy_model", "toy_evaluator", "main_table", "figure", "bits_figure"):
+        assert jobs[rule] >= 1, rule
+
+
+def test_ablation_targets_plan_their_variants_and_reuse_the_main_ones(tmp_path):
+    workdir = checkout(tmp_path)
+    run = snakemake(workdir, "--dry-run", "ablation_relax_ratio")
+    planned(run)
+    calibrations = planned_wildcards(run, "calibrate")
+    expected = {f"progressive-relax-{where}-{r}" for where in ("first", "last") for r in (0.1, 0.2, 0.3, 0.5)}
+    expected = (expected - {"progressive-relax-last-0.2"}) | {"progressive_relax", "progressive"}  # same settings
+    assert calibrations == {f"variant={v}, bits=W4A6" for v in expected}
+
+    run = snakemake(workdir, "--dry-run", "ablation_calib_size")
+    assert planned_wildcards(run, "calibrate") == {f"variant=progressive-calib-{n}, bits=W4A6" for n in (4, 8, 16)} | {
+        "variant=progressive, bits=W4A6"}
+    run = snakemake(workdir, "--dry-run", "ablation_relax_auto")
+    assert "variant=progressive-relax-auto-0.2, bits=W4A6" in planned_wildcards(run, "calibrate")
+    jobs = planned(snakemake(workdir, "--dry-run", "ablation_progressive"))
+    assert jobs["act_ranges"] == 1 and jobs["act_ranges_figure"] == 1
+    for target in ("ablation_relax_bits", "ablations"):
+        assert planned(snakemake(workdir, "--dry-run", target))["calibrate"] >= 1
+
+
+@pytest.mark.parametrize("profile", ["sd15", "sdxl"])
+def test_paper_profiles_plan_sharded_gpu_jobs(tmp_path, profile):
+    workdir = checkout(tmp_path)
+    config = yaml.safe_load((ROOT / "config" / f"{profile}.yaml").read_text())
+    args = ("--dry-run", "all", "--configfile", f"config/{profile}.yaml")
+    merged = snakemake(workdir, *args)  # merged into the toy default, it would keep the toy's prompt sets
+    assert merged.returncode != 0 and "add --replace-workflow-config" in merged.stderr
+    missing = snakemake(workdir, *args, "--replace-workflow-config")
+    assert missing.returncode != 0 and "captions_train2017.json" in missing.stdout + missing.stderr
+    for spec in [config["prompts"]["calibration"]["spec"], *(s["spec"] for s in config["prompts"]["evaluation"].values())]:
+        path = workdir / spec.partition(":")[2]  # the prompt files a user downloads (README)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    run = snakemake(workdir, *args, "--replace-workflow-config")
+    jobs = planned(run)
+    assert "toy_model" not in jobs and jobs["calibrate"] == 12
+    shards, sets = config["sampling"]["shards"], len(config["prompts"]["evaluation"])
+    assert jobs["generate_shard"] == shards * (12 + 2) * sets and jobs["collect_shards"] == (12 + 2) * sets
+    calibrate_block = run.stdout.split("rule calibrate:")[1].split("\n\n")[0]
+    assert "gpu=1" in calibrate_block and "mem_mb=" in calibrate_block and "runtime=" in calibrate_block
+
+
+def test_bad_configs_name_the_key(tmp_path):
+    config = tiny_config()
     config["toy"]["model"]["stepz"] = config["toy"]["model"].pop("steps")
-    run = snakemake(checkout(tmp_path, config), "--dry-run", "all")
+    run = snakemake(checkout(tmp_path / "a", config), "--dry-run", "all")
     assert run.returncode != 0
-    message = run.stdout + run.stderr
-    assert "'stepz' was unexpected" in message and "['toy']['properties']['model']" in message
+    assert "'stepz' was unexpected" in run.stderr and "['toy']['properties']['model']" in run.stderr
+
+    config = tiny_config()
+    config["quant"]["variants"]["progressive"]["relax_ratoi"] = [0.5, 1.0]
+    run = snakemake(checkout(tmp_path / "b", config), "--dry-run", "all")
+    assert run.returncode != 0 and "'relax_ratoi' was unexpected" in run.stderr
+
+    config = tiny_config()
+    config["ablations"]["relax_bits"]["variant"] = "progresive"
+    run = snakemake(checkout(tmp_path / "c", config), "--dry-run", "all")
+    assert run.returncode != 0
+    assert "config key ablations.relax_bits.variant: variant 'progresive' is not one of quant.variants" in run.stderr
+
+    config = tiny_config()
+    config["ablations"]["calib_size"]["sizes"] = [2, 8]
+    run = snakemake(checkout(tmp_path / "d", config), "--dry-run", "all")
+    assert run.returncode != 0 and "8 is more than the 4 calibration prompts (prompts.calibration.n)" in run.stderr
 
 
 @pytest.mark.slow
-def test_tiny_dag_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
-    workdir = checkout(tmp_path)
-    run = snakemake(workdir, "all")
+def test_tiny_dag_runs_end_to_end_and_a_changed_relax_ratio_reruns_only_its_branch(tmp_path):
+    workdir = checkout(tmp_path, tiny_config())
+    run = snakemake(workdir, "all", cores=2)
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads((workdir / "results/toy/evaluator.json").read_text())
-    for figures in ("clip_zero_shot", "model_prompt_following"):
-        assert set(result[figures]) == {"eval_in", "eval_out"}
-        assert set(result[figures]["eval_out"]) == {"shape", "colour", "size", "position", "background"}
-    assert result["prompts"]["n"] == 4
-    grid = Image.open(workdir / "results/toy/sample_grid.png")
-    assert grid.size == ((2 + 1) * (16 + 2) * 4 + 8, 2 * (16 + 2) * 4 + 8)  # truth + 2 seeds, 2 prompts
-    assert (workdir / "logs/toy_model.log").stat().st_size > 0
+
+    table = pd.read_csv(workdir / "results/tables/main.csv")
+    assert list(table["variant"]) == ["fp-reseeded"] * 2 + [v for v in ("perstep", "progressive", "progressive_relax")
+                                                            for _ in range(2)]
+    assert set(table["prompt_set"]) == {"in_domain", "generalization"} and (table["n_images"] == 4).all()
+    quantized = table[table["variant"] != "fp-reseeded"]
+    assert quantized["psnr"].between(5, 80).all() and (quantized["ssim"] <= 1).all()
+    assert (table[table["variant"] == "fp-reseeded"]["paired"] == False).all()  # noqa: E712
+    relaxed = quantized[quantized["variant"] == "progressive_relax"]
+    assert (relaxed["avg_act_bits"] > 6).all() and (relaxed["relax_where"] == "last").all()
+    for stem in ("main", "bits", "samples_in_domain", "samples_generalization"):
+        assert Image.open(workdir / f"results/figures/{stem}.png").size[0] > 100
+        assert (workdir / f"results/figures/{stem}.pdf").read_bytes().startswith(b"%PDF")
+    metrics = json.loads((workdir / "results/metrics/progressive/W4A6/in_domain.json").read_text())
+    assert metrics["provenance"]["n_images"] == 4 and metrics["provenance"]["seeds"]["base"] == 0
+    assert metrics["run"]["knobs"]["calib_size"] == 4 and metrics["cost"]["avg_act_bits"] == 6
+    assert (workdir / "logs/calibrate/progressive/W4A6.log").stat().st_size > 0
+
     again = snakemake(workdir, "all")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    report = snakemake(workdir, "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (workdir / "report.html").stat().st_size > 10_000
+
+    config = tiny_config()
+    config["quant"]["variants"]["progressive_relax"]["relax_ratio"] = [0.3, 1.0]
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    untouched = [workdir / f"results/calib/{v}/W4A6.safetensors" for v in ("perstep", "progressive")]
+    untouched += [workdir / f"results/images/{v}/W4A6/in_domain/00000.png" for v in ("fp", "perstep", "progressive")]
+    before = {p: p.stat().st_mtime_ns for p in untouched}
+    plan = snakemake(workdir, "--dry-run", "all")
+    assert planned_wildcards(plan, "calibrate") == {"variant=progressive_relax, bits=W4A6"}
+    assert planned_wildcards(plan, "generate") == {f"variant=progressive_relax, bits=W4A6, pset={s}"
+                                                   for s in ("in_domain", "generalization")}
+    rerun = snakemake(workdir, "all", cores=2)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in untouched} == before
+    relaxed = pd.read_csv(workdir / "results/tables/main.csv").query("variant == 'progressive_relax'")
+    assert (relaxed["avg_act_bits"] == 6 + 4 * 2 / 3).all()  # now 2 of the 3 steps at 10 bits

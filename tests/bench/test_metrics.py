@@ -53,6 +53,18 @@ def test_identical_folders(toy_set, reference, config, tmp_path):
     assert read_metrics(path)["metrics"]["psnr"] == float("inf")
 
 
+def test_psnr_pools_the_squared_error_so_one_identical_image_does_not_make_it_infinite(
+        toy_set, reference, save_images, config, tmp_path):
+    prompts = PromptSet("toy:eval_in", tuple(toy_set[0]))
+    images = toy_set[1].astype(np.int16)
+    images[1:] += np.where(images[1:] < 128, 5, -5)  # every image but the first is 5 levels off everywhere
+    m = evaluate(save_images(tmp_path / "q", images.astype(np.uint8)), reference, prompts, config,
+                 progress=False)["metrics"]
+    n = len(prompts)
+    assert m["psnr_identical"] == 1 and m["psnr_mean_per_image"] == float("inf")
+    assert m["psnr"] == pytest.approx(20 * np.log10(255 / 5) + 10 * np.log10(n / (n - 1)))
+
+
 def test_growing_noise_gives_monotone_metrics(toy_set, reference, save_images, config, tmp_path):
     results = []
     for sigma in (0, 6, 20, 60):

@@ -83,6 +83,13 @@ def relaxed_count(interval):
     return sum(interval[0] <= (i + 0.5) / n <= interval[1] for i in range(n))
 
 
+for _name, _set in [("calibration", config["prompts"]["calibration"]), *config["prompts"]["evaluation"].items()]:
+    if not TOY and _set["spec"].startswith("toy:"):
+        _fail(f"prompts.{'evaluation.' if _name != 'calibration' else ''}{_name}",
+              f"the toy prompt set {_set['spec']!r} cannot be sampled with model {config['model']!r}. A profile given "
+              "with --configfile is merged into config/config.yaml (the toy default); add --replace-workflow-config "
+              "to run it alone")
+
 _NO_RELAX = ("relax_ratio", "relax_steps", "relax_auto_bits")
 _RELAX_KEYS = _NO_RELAX + ("relax_bits",)  # dropped for the unrelaxed reference of a sweep
 ABL = config["ablations"]
@@ -238,3 +245,65 @@ def model_resources(mem_mb=None):
     """Resources of a job that runs the model (calibration, generation, metrics)."""
     r = config["resources"]
     return {"mem_mb": mem_mb or r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
+
+
+# -- input and params functions of the rules ------------------------------------------------------
+
+
+def prompt_spec(pset):
+    p = config["prompts"]
+    return p["calibration"] if pset == "calibration" else p["evaluation"][pset]
+
+
+def prompt_source(wildcards):
+    """The prompt file a real set is read from, so a missing one is named before anything runs."""
+    kind, _, path = prompt_spec(wildcards.pset)["spec"].partition(":")
+    inputs = [path] if kind != "toy" else []
+    if wildcards.pset != "calibration":
+        inputs.append("results/prompts/calibration.json")  # evaluation sets are checked against it
+    return inputs
+
+
+def generation_inputs(wildcards):
+    inputs = {"prompts": f"results/prompts/{wildcards.pset}.json", **MODEL_INPUT}
+    if wildcards.variant not in (FP, FLOOR):
+        inputs["params"] = f"results/calib/{wildcards.variant}/{wildcards.bits}.safetensors"
+    return inputs
+
+
+def generation_params(wildcards):
+    """Everything an image folder depends on; the FP floor samples from other seeds."""
+    return {"spec": MODEL_SPEC, "steps": SAMPLING["steps"], "guidance": SAMPLING["guidance"],
+            "height": SAMPLING.get("height"), "width": SAMPLING.get("width"), "batch_size": SAMPLING["batch_size"],
+            "dtype": config["compute"]["dtype"], "seed": config["seed"] + (RESEED if wildcards.variant == FLOOR else 0)}
+
+
+def metrics_inputs(wildcards):
+    inputs = {
+        "images": f"{images(wildcards.variant, wildcards.bits, wildcards.pset)}/manifest.csv",
+        "reference": f"{images(FP, FP_BITS, wildcards.pset)}/manifest.csv",
+        "prompts": f"results/prompts/{wildcards.pset}.json",
+    }
+    if wildcards.variant != FLOOR:
+        inputs["cost"] = f"results/calib/{wildcards.variant}/{wildcards.bits}.cost.json"
+    if TOY:
+        inputs["clip"] = "results/toy/clip"
+    return inputs
+
+
+def run_info(wildcards):
+    """The run block of a metrics file: what tables and figures group and label it by."""
+    spec = prompt_spec(wildcards.pset)["spec"]
+    if wildcards.variant == FLOOR:
+        return {"variant": FLOOR, "label": "FP (other seeds)", "method": "fp", "bits": "FP", "weight_bits": 32,
+                "act_bits": 32, "prompt_set": wildcards.pset, "prompt_spec": spec, "knobs": {}}
+    weight, act = parse_bits(wildcards.bits)
+    return {"variant": wildcards.variant, "label": VARIANTS[wildcards.variant]["label"],
+            "method": VARIANTS[wildcards.variant]["quant"]["method"], "bits": wildcards.bits, "weight_bits": weight,
+            "act_bits": act, "prompt_set": wildcards.pset, "prompt_spec": spec,
+            "knobs": knobs(wildcards.variant, wildcards.bits)}
+
+
+def lowest_bits():
+    """The main comparison's most aggressive bit setting: its sample grid shows the most difference."""
+    return min(config["quant"]["bits"], key=lambda b: sum(parse_bits(b)))

@@ -1,17 +1,3 @@
-def generation_inputs(wildcards):
-    inputs = {"prompts": f"results/prompts/{wildcards.pset}.json", **MODEL_INPUT}
-    if wildcards.variant not in (FP, FLOOR):
-        inputs["params"] = f"results/calib/{wildcards.variant}/{wildcards.bits}.safetensors"
-    return inputs
-
-
-def generation_params(wildcards):
-    """Everything an image folder depends on; the FP floor samples from other seeds."""
-    return {"spec": MODEL_SPEC, "steps": SAMPLING["steps"], "guidance": SAMPLING["guidance"],
-            "height": SAMPLING.get("height"), "width": SAMPLING.get("width"), "batch_size": SAMPLING["batch_size"],
-            "dtype": config["compute"]["dtype"], "seed": config["seed"] + (RESEED if wildcards.variant == FLOOR else 0)}
-
-
 SHARDS = SAMPLING["shards"]
 
 if SHARDS == 1:

@@ -1,17 +1,3 @@
-def prompt_spec(pset):
-    p = config["prompts"]
-    return p["calibration"] if pset == "calibration" else p["evaluation"][pset]
-
-
-def prompt_source(wildcards):
-    """The prompt file a real set is read from, so a missing one is named before anything runs."""
-    kind, _, path = prompt_spec(wildcards.pset)["spec"].partition(":")
-    inputs = [path] if kind != "toy" else []
-    if wildcards.pset != "calibration":
-        inputs.append("results/prompts/calibration.json")  # evaluation sets are checked against it
-    return inputs
-
-
 rule prompts:
     input:
         prompt_source,

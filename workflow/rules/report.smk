@@ -1,8 +1,3 @@
-def lowest_bits():
-    """The main comparison's most aggressive bit setting: its sample grid shows the most difference."""
-    return min(config["quant"]["bits"], key=lambda b: sum(parse_bits(b)))
-
-
 rule main_table:
     input:
         main_metrics(),
