@@ -2,6 +2,7 @@
 every target and profile, and a real tiny run (rerun does nothing; a changed relax ratio reruns
 only its branch)."""
 
+import ast
 import json
 import os
 import re
@@ -39,6 +40,10 @@ def snakemake(workdir: Path, *args: str, cores: int = 1) -> subprocess.Completed
                           text=True, timeout=900, env=env)
 
 
+def output(run: subprocess.CompletedProcess) -> str:
+    return run.stdout + run.stderr  # snakemake prints errors to stdout or stderr depending on the mode
+
+
 def planned(run: subprocess.CompletedProcess) -> dict[str, int]:
     """The 'Job stats' table of a dry run: rule -> job count."""
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
@@ -64,6 +69,17 @@ def test_default_config_plans_the_main_comparison(tmp_path):
     assert jobs["sample_grid"] == sets
     for rule in ("prompts", "toy_clip", "toy_model", "toy_evaluator", "main_table", "figure", "bits_figure"):
         assert jobs[rule] >= 1, rule
+
+
+def test_the_workflow_shares_weights_on_the_settings_calibrate_checks():
+    from pcr.calibrate.calibration import ADAROUND_KEYS, WEIGHT_KEYS
+
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    smk = {name: ast.literal_eval(re.search(rf"^{name} = (\(.*\))$", common, re.M)[1])
+           for name in ("WEIGHT_KEYS", "ADAROUND_KEYS")}
+    assert smk["WEIGHT_KEYS"] == WEIGHT_KEYS[1:]  # weight_bits is a wildcard there
+    # num_steps, guidance_scale and seed are added for every AdaRound weight job
+    assert smk["ADAROUND_KEYS"] + ("num_steps", "guidance_scale", "seed") == ADAROUND_KEYS
 
 
 def test_ablation_targets_plan_their_variants_and_reuse_the_main_ones(tmp_path):
@@ -92,7 +108,7 @@ def test_paper_profiles_plan_sharded_gpu_jobs(tmp_path, profile):
     config = yaml.safe_load((ROOT / "config" / f"{profile}.yaml").read_text())
     args = ("--dry-run", "all", "--configfile", f"config/{profile}.yaml")
     merged = snakemake(workdir, *args)  # merged into the toy default, it would keep the toy's prompt sets
-    assert merged.returncode != 0 and "add --replace-workflow-config" in merged.stderr
+    assert merged.returncode != 0 and "add --replace-workflow-config" in output(merged)
     missing = snakemake(workdir, *args, "--replace-workflow-config")
     assert missing.returncode != 0 and "captions_train2017.json" in missing.stdout + missing.stderr
     for spec in [config["prompts"]["calibration"]["spec"], *(s["spec"] for s in config["prompts"]["evaluation"].values())]:
@@ -113,23 +129,23 @@ def test_bad_configs_name_the_key(tmp_path):
     config["toy"]["model"]["stepz"] = config["toy"]["model"].pop("steps")
     run = snakemake(checkout(tmp_path / "a", config), "--dry-run", "all")
     assert run.returncode != 0
-    assert "'stepz' was unexpected" in run.stderr and "['toy']['properties']['model']" in run.stderr
+    assert "'stepz' was unexpected" in output(run) and "['toy']['properties']['model']" in output(run)
 
     config = tiny_config()
     config["quant"]["variants"]["progressive"]["relax_ratoi"] = [0.5, 1.0]
     run = snakemake(checkout(tmp_path / "b", config), "--dry-run", "all")
-    assert run.returncode != 0 and "'relax_ratoi' was unexpected" in run.stderr
+    assert run.returncode != 0 and "'relax_ratoi' was unexpected" in output(run)
 
     config = tiny_config()
     config["ablations"]["relax_bits"]["variant"] = "progresive"
     run = snakemake(checkout(tmp_path / "c", config), "--dry-run", "all")
     assert run.returncode != 0
-    assert "config key ablations.relax_bits.variant: variant 'progresive' is not one of quant.variants" in run.stderr
+    assert "config key ablations.relax_bits.variant: variant 'progresive' is not one of quant.variants" in output(run)
 
     config = tiny_config()
     config["ablations"]["calib_size"]["sizes"] = [2, 8]
     run = snakemake(checkout(tmp_path / "d", config), "--dry-run", "all")
-    assert run.returncode != 0 and "8 is more than the 4 calibration prompts (prompts.calibration.n)" in run.stderr
+    assert run.returncode != 0 and "8 is more than the 4 calibration prompts (prompts.calibration.n)" in output(run)
 
 
 @pytest.mark.slow
@@ -166,7 +182,8 @@ def test_tiny_dag_runs_end_to_end_and_a_changed_relax_ratio_reruns_only_its_bran
     config["quant"]["variants"]["progressive_relax"]["relax_ratio"] = [0.3, 1.0]
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     untouched = [workdir / f"results/calib/{v}/W4A6.safetensors" for v in ("perstep", "progressive")]
-    untouched += [workdir / f"results/images/{v}/W4A6/in_domain/00000.png" for v in ("fp", "perstep", "progressive")]
+    untouched += [workdir / f"results/images/{v}/in_domain/00000.png" for v in ("fp/W32A32", "perstep/W4A6",
+                                                                                 "progressive/W4A6")]
     before = {p: p.stat().st_mtime_ns for p in untouched}
     plan = snakemake(workdir, "--dry-run", "all")
     assert planned_wildcards(plan, "calibrate") == {"variant=progressive_relax, bits=W4A6"}

@@ -26,6 +26,8 @@ MODEL_INPUT = {"model": "results/toy/model"} if TOY else {}
 SAMPLING = config["sampling"]
 CALIB_N = config["prompts"]["calibration"]["n"]
 EVAL_SETS = list(config["prompts"]["evaluation"])
+# What the weight step depends on besides the bits: pcr.calibrate.calibration's WEIGHT_KEYS and
+# ADAROUND_KEYS (repeated here to keep torch out of DAG planning; a test keeps them equal).
 WEIGHT_KEYS = ("weight_granularity", "weight_symmetric", "keep_fp", "weight_method")
 ADAROUND_KEYS = ("weight_iters", "weight_samples")
 

@@ -45,7 +45,8 @@ def sample_grid(folders: dict[str, str | os.PathLike], stem: str | os.PathLike, 
     # Laid out by hand, in inches, so every tile is exactly `size` pixels at DPI (at least 1 inch:
     # tiny toy images are enlarged) and the grid's size follows from rows and columns alone.
     tw, th = max(size[0] / DPI, 1.0), max(size[1] / DPI, 1.0)
-    pad, left, top, right, bottom = 0.06, (1.9 if prompts is not None else 0.45), 0.5, 0.1, 0.1
+    pad, left, top, right, bottom = 0.06, (1.9 if prompts is not None else 0.45), 0.75, 0.1, 0.1
+    wrap = max(8, int(tw * 13))  # characters of an x-small column title that fit over one tile
     width = left + len(labels) * (tw + pad) - pad + right
     height = top + len(indices) * (th + pad) - pad + bottom
     fig = Figure(figsize=(width, height))
@@ -61,7 +62,7 @@ def sample_grid(folders: dict[str, str | os.PathLike], stem: str | os.PathLike, 
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(textwrap.fill(str(label), 22), fontsize="small")
+                ax.set_title(textwrap.fill(str(label), wrap), fontsize="x-small")
             if c == 0:
                 text = f"#{index}" if prompts is None else f"#{index}: {prompts[index]}"
                 ax.text(-0.04, 0.5, textwrap.fill(textwrap.shorten(text, 110, placeholder=" …"), 30),
