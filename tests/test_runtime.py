@@ -21,3 +21,17 @@ def test_a_bad_override_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("PCR_TORCH_THREADS", "two")
     with pytest.raises(ValueError, match="PCR_TORCH_THREADS"):
         available_cpus()
+
+
+def test_device_and_dtype_from_config_names():
+    import torch
+
+    from pcr.pipelines import load_pipeline
+    from pcr.runtime import resolve_device, torch_dtype
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert torch_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        torch_dtype("fp16")
+    assert load_pipeline("tiny-sd", device="cpu", dtype="bfloat16").unet.dtype == torch.bfloat16

@@ -6,8 +6,7 @@ rule calibrate_weights:
         "results/calib/weights/{wkey}.safetensors",
     params:
         spec=MODEL_SPEC,
-        quant=lambda w: {k: v for k, v in weight_settings(*WEIGHTS[w.wkey]).items() if k != "calib_size"}
-        | {"act_bits": 8, "num_steps": SAMPLING["steps"], "guidance_scale": SAMPLING["guidance"], "seed": config["seed"]},
+        quant=lambda w: weight_quant_config(w.wkey),
         calib_size=lambda w: weight_settings(*WEIGHTS[w.wkey]).get("calib_size", 0),
         dtype=config["compute"]["dtype"],
     log:

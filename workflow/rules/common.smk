@@ -179,6 +179,13 @@ def weight_key(variant, bits):
     return f"W{settings['weight_bits']}-{settings.get('weight_method', 'minmax')}-{digest}"
 
 
+def weight_quant_config(wkey):
+    """The QuantConfig dict of a shared weight calibration: its weight settings only (activation
+    settings do not touch the weight step, so they are left at their defaults)."""
+    settings = {k: v for k, v in weight_settings(*WEIGHTS[wkey]).items() if k != "calib_size"}
+    return {**settings, "num_steps": SAMPLING["steps"], "guidance_scale": SAMPLING["guidance"], "seed": config["seed"]}
+
+
 WEIGHTS = {}  # weight key -> (variant, bits) whose settings it was made with
 for _v in VARIANTS:
     for _b in set(config["quant"]["bits"]) | {b for pairs in ABLATIONS.values() for _, b in pairs}:

@@ -18,6 +18,7 @@ import torch
 
 from pcr.pipelines.hub import _LOAD_ERRORS, PipelineLoadError, load_sd, load_sdxl
 from pcr.pipelines.steps import StepTracker, get_step_tracker
+from pcr.pipelines.tiny import tiny_sd, tiny_sdxl
 from pcr.tokenizer import clip_tokenizer
 
 __all__ = [
@@ -26,15 +27,9 @@ __all__ = [
     "clip_tokenizer",
     "get_step_tracker",
     "load_pipeline",
+    "tiny_sd",
+    "tiny_sdxl",
 ]
-
-
-def __getattr__(name: str):
-    if name in ("tiny_sd", "tiny_sdxl"):
-        from pcr.pipelines import tiny
-
-        return getattr(tiny, name)
-    raise AttributeError(f"module 'pcr.pipelines' has no attribute {name!r}")
 
 SPEC_FORMS = ("toy:<folder>", "sd:<hub id or folder>", "sdxl:<hub id or folder>", "tiny-sd", "tiny-sdxl")
 
@@ -67,10 +62,10 @@ def load_pipeline(spec: str, device: str | torch.device = "cpu", dtype: torch.dt
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = torch.float32 if dtype is None else torch_dtype(dtype) if isinstance(dtype, str) else dtype
     family, _, rest = spec.partition(":")
-    if spec in ("tiny-sd", "tiny-sdxl"):
-        from pcr.pipelines import tiny  # builds SD/SDXL classes: imported only when asked for
-
-        pipe = tiny.tiny_sd() if spec == "tiny-sd" else tiny.tiny_sdxl()
+    if spec == "tiny-sd":
+        pipe = tiny_sd()
+    elif spec == "tiny-sdxl":
+        pipe = tiny_sdxl()
     elif family == "toy" and rest:
         pipe = _load_toy(rest)
     elif family == "sd" and rest:

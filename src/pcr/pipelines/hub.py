@@ -12,6 +12,7 @@ from pathlib import Path
 
 import diffusers
 import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from huggingface_hub.errors import EntryNotFoundError
 from packaging.version import Version
 
@@ -42,7 +43,7 @@ def _looks_like_path(id_or_folder: str) -> bool:
     return id_or_folder.startswith(("/", "./", "../", "~", "\\")) or ":" in id_or_folder
 
 
-def _load(cls: type, family: str, id_or_folder: str, dtype, **kwargs):
+def _load(cls: type[DiffusionPipeline], family: str, id_or_folder: str, dtype, **kwargs):
     spec = f"{family}:{id_or_folder}"
     folder = Path(id_or_folder).expanduser()
     if folder.is_dir():
@@ -69,13 +70,11 @@ def _load(cls: type, family: str, id_or_folder: str, dtype, **kwargs):
         ) from None
 
 
-def load_sd(id_or_folder: str, dtype: torch.dtype | None = None):
+def load_sd(id_or_folder: str, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
     """A Stable Diffusion 1.x/2.x pipeline, safety checker off (images are measured, not shown).
 
     dtype None keeps diffusers' default (float32).
     """
-    from diffusers import StableDiffusionPipeline
-
     return _load(
         StableDiffusionPipeline,
         "sd",
@@ -86,11 +85,9 @@ def load_sd(id_or_folder: str, dtype: torch.dtype | None = None):
     )
 
 
-def load_sdxl(id_or_folder: str, dtype: torch.dtype | None = None):
+def load_sdxl(id_or_folder: str, dtype: torch.dtype | None = None) -> StableDiffusionXLPipeline:
     """An SDXL pipeline, invisible watermark off (it would perturb the images that are measured).
 
     dtype None keeps diffusers' default (float32).
     """
-    from diffusers import StableDiffusionXLPipeline
-
     return _load(StableDiffusionXLPipeline, "sdxl", id_or_folder, dtype, add_watermarker=False)

@@ -16,6 +16,7 @@ import inspect
 from dataclasses import dataclass, field
 
 import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from pcr.pipelines.steps import get_step_tracker
 
@@ -68,12 +69,6 @@ def prompt_generators(seeds: list[int], device: str | torch.device = "cpu") -> l
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def _is(pipe, class_name: str) -> bool:
-    """isinstance by class name: importing diffusers' SD pipelines costs seconds a toy job never needs."""
-    return any(cls.__name__ == class_name and cls.__module__.startswith("diffusers.")
-               for cls in type(pipe).__mro__)
-
-
 @torch.no_grad()
 def prepare_batch(pipe, prompts: list[str], seeds: list[int], num_steps: int,
                   guidance_scale: float) -> DenoisingBatch:
@@ -92,7 +87,7 @@ def prepare_batch(pipe, prompts: list[str], seeds: list[int], num_steps: int,
             cond = torch.cat([pipe.encode_prompt([""] * len(prompts)), cond])
         latents = _noise(pipe, len(prompts), pipe.unet.config.sample_size, cond.dtype, generators, scheduler)
         unet_kwargs["encoder_hidden_states"] = cond
-    elif _is(pipe, "StableDiffusionXLPipeline"):
+    elif isinstance(pipe, StableDiffusionXLPipeline):
         cond, neg, pooled, neg_pooled = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                                            do_classifier_free_guidance=guided)
         side = pipe.default_sample_size * pipe.vae_scale_factor
@@ -106,7 +101,7 @@ def prepare_batch(pipe, prompts: list[str], seeds: list[int], num_steps: int,
         unet_kwargs["encoder_hidden_states"] = cond.to(device)
         unet_kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(device),
                                             "time_ids": time_ids.to(device).repeat(len(prompts), 1)}
-    elif _is(pipe, "StableDiffusionPipeline"):
+    elif isinstance(pipe, StableDiffusionPipeline):
         cond, neg = pipe.encode_prompt(prompts, device, 1, guided)
         if guided:
             cond = torch.cat([neg, cond])
