@@ -1,10 +1,12 @@
 # Config validation, the table of variants (main comparison and ablations), and the target lists.
-# Pure Python on purpose: nothing here imports torch, so planning the DAG takes a second.
+# Nothing here imports torch (pcr.quant.config is pure Python), so planning the DAG takes a second.
 import hashlib
 import json
 import re
 
 from snakemake.utils import validate
+
+from pcr.quant.config import ADAROUND_KEYS, WEIGHT_KEYS, QuantConfig
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -26,10 +28,6 @@ MODEL_INPUT = {"model": "results/toy/model"} if TOY else {}
 SAMPLING = config["sampling"]
 CALIB_N = config["prompts"]["calibration"]["n"]
 EVAL_SETS = list(config["prompts"]["evaluation"])
-# What the weight step depends on besides the bits: pcr.calibrate.calibration's WEIGHT_KEYS and
-# ADAROUND_KEYS (repeated here to keep torch out of DAG planning; a test keeps them equal).
-WEIGHT_KEYS = ("weight_granularity", "weight_symmetric", "keep_fp", "weight_method")
-ADAROUND_KEYS = ("weight_iters", "weight_samples")
 
 
 class ConfigProblem(ValueError):
@@ -81,8 +79,7 @@ def relaxed_interval(where, ratio):
 
 
 def relaxed_count(interval):
-    n = SAMPLING["steps"]
-    return sum(interval[0] <= (i + 0.5) / n <= interval[1] for i in range(n))
+    return len(QuantConfig(num_steps=SAMPLING["steps"], relax_ratio=tuple(interval)).relaxed_steps())
 
 
 for _name, _set in [("calibration", config["prompts"]["calibration"]), *config["prompts"]["evaluation"].items()]:
@@ -165,11 +162,9 @@ def weight_settings(variant, bits):
     """What the weight step depends on; variants that agree on it share one weight calibration."""
     q = quant_config(variant, bits)
     keys = WEIGHT_KEYS + (ADAROUND_KEYS if q.get("weight_method") == "adaround" else ())
-    settings = {k: q[k] for k in keys if k in q}
-    settings["weight_bits"] = q["weight_bits"]
+    settings = {k: q[k] for k in keys if k in q and k != "weight_bits"} | {"weight_bits": q["weight_bits"]}
     if q.get("weight_method") == "adaround":  # AdaRound reads the calibration data
-        settings.update(calib_size=VARIANTS[variant]["calib_size"], num_steps=q["num_steps"],
-                        guidance_scale=q["guidance_scale"], seed=q["seed"])
+        settings["calib_size"] = VARIANTS[variant]["calib_size"]
     return settings
 
 

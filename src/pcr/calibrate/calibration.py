@@ -13,7 +13,7 @@ from pcr.calibrate.progressive import calibrate_activations
 from pcr.calibrate.relax import pick_relaxed_steps, set_step_bits, step_gains
 from pcr.calibrate.weights import calibrate_weights
 from pcr.pipelines.steps import StepTracker
-from pcr.quant.config import ACT_METHODS, QuantConfig
+from pcr.quant.config import ACT_METHODS, ADAROUND_KEYS, WEIGHT_KEYS, QuantConfig
 from pcr.quant.model import quantize_unet, unquantize_unet
 from pcr.quant.params import QuantParams, apply_weights, collect_params
 
@@ -24,8 +24,6 @@ def _model_name(pipe) -> str:
     return getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None) or type(pipe).__name__
 
 
-WEIGHT_KEYS = ("weight_bits", "weight_granularity", "weight_symmetric", "keep_fp", "weight_method")
-ADAROUND_KEYS = ("weight_iters", "weight_samples", "num_steps", "guidance_scale", "seed")  # its data depend on them
 
 
 def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str | None = None,

@@ -1,10 +1,25 @@
-"""Simulated quantization of diffusers UNets: config, quantizers, quantized layers, saved parameters."""
+"""Simulated quantization of diffusers UNets: config, quantizers, quantized layers, saved parameters.
 
-from pcr.quant.config import ConfigError, QuantConfig
-from pcr.quant.model import is_quantized, quant_layers, quant_mode, quantize_unet, unquantize_unet
-from pcr.quant.params import ParamsMismatchError, QuantParams, load_params, quantize, save_params
+Names are imported lazily, so `pcr.quant.config` (pure Python) can be read without torch: the
+workflow plans its DAG with QuantConfig.
+"""
 
-__all__ = [
-    "ConfigError", "ParamsMismatchError", "QuantConfig", "QuantParams", "is_quantized", "load_params",
-    "quant_layers", "quant_mode", "quantize", "quantize_unet", "save_params", "unquantize_unet",
-]
+import importlib
+
+_MODULES = {
+    "config": ("ConfigError", "QuantConfig"),
+    "model": ("is_quantized", "quant_layers", "quant_mode", "quantize_unet", "unquantize_unet"),
+    "params": ("ParamsMismatchError", "QuantParams", "load_params", "quantize", "save_params"),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pcr.quant' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pcr.quant.{_WHERE[name]}"), name)
+
+
+def __dir__():
+    return __all__

@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-__all__ = ["ACT_METHODS", "OBSERVERS", "WEIGHT_METHODS", "QuantConfig", "ConfigError"]
+__all__ = ["ACT_METHODS", "ADAROUND_KEYS", "OBSERVERS", "WEIGHT_KEYS", "WEIGHT_METHODS", "QuantConfig", "ConfigError"]
 
 # Activation calibration methods: (parameters per step?, trajectory, default observer, steps observed).
 ACT_METHODS = {
@@ -21,6 +21,10 @@ ACT_METHODS = {
 OBSERVERS = ("minmax", "ema", "percentile", "mse")
 WEIGHT_METHODS = ("minmax", "mse", "adaround")
 GRANULARITIES = ("channel", "tensor")
+# What a weight calibration depends on: configs that agree on these share one (the workflow's
+# shared weight step; calibrate(..., weights=) checks them). AdaRound also reads sampled data.
+WEIGHT_KEYS = ("weight_bits", "weight_granularity", "weight_symmetric", "keep_fp", "weight_method")
+ADAROUND_KEYS = ("weight_iters", "weight_samples", "num_steps", "guidance_scale", "seed")
 
 
 class ConfigError(ValueError):
