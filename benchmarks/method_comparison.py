@@ -17,14 +17,17 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 import pcr
+import pcr.report
 from pcr.calibrate import calibrate
 from pcr.pipelines import load_pipeline
 from pcr.pipelines.sampling import final_images
 from pcr.quant import QuantConfig, unquantize_unet
+from pcr.quant.params import trajectory_ranges
 from pcr.runtime import use_available_cpus
 from pcr.toy.world import toy_prompts
 
@@ -58,18 +61,17 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 def range_drift(perstep, progressive) -> dict:
-    """Relative difference of each layer's per-step range (hi - lo) between the two trajectories."""
-    drift = []
-    for name, tensors in perstep.layers.items():
-        fp = tensors["act_range"]
-        q = progressive.layers[name]["act_range"]
-        width = (fp[:, 1] - fp[:, 0]).clamp(min=1e-8)
-        drift.append(((q[:, 1] - q[:, 0]) - width).abs() / width)  # (steps,)
-    drift = torch.stack(drift)  # (layers, steps)
-    per_step = drift.median(0).values
-    return {"median_all": drift.median().item(), "max_all": drift.max().item(),
-            "median_per_step": [round(v, 4) for v in per_step.tolist()],
-            "max_per_step": [round(v, 4) for v in drift.max(0).values.tolist()]}
+    """Relative difference of each layer's per-step range (hi - lo) between the two trajectories:
+    pcr.report.range_drift (the workflow's act_ranges figure), summarised over layers and steps."""
+    table = pcr.report.range_drift(pd.DataFrame(trajectory_ranges(perstep, progressive)))
+    drift = table.pivot(index="layer", columns="step", values="rel_drift").to_numpy()  # (layers, steps)
+
+    def median(axis=None):  # the lower of the two middle values, as torch.median
+        return np.nanquantile(drift, 0.5, axis=axis, method="lower")
+
+    return {"median_all": float(median()), "max_all": float(np.nanmax(drift)),
+            "median_per_step": [round(v, 4) for v in median(0).tolist()],
+            "max_per_step": [round(v, 4) for v in np.nanmax(drift, 0).tolist()]}
 
 
 def main():

@@ -90,7 +90,7 @@ def test_the_shared_weight_step_gives_the_same_parameters_as_a_full_calibration(
     """The workflow calibrates weights once (calibrate_weights_only) and every activation method reuses them."""
     from pcr.calibrate import calibrate_weights_only
     from pcr.quant import load_params, save_params
-    from pcr.quant.params import act_range_rows
+    from pcr.quant.params import act_range_rows, trajectory_ranges
 
     pipe = load_pipeline("tiny-sd")
     config = QuantConfig(num_steps=2, guidance_scale=4.0, weight_bits=4, act_bits=6, weight_method="mse")
@@ -107,3 +107,6 @@ def test_the_shared_weight_step_gives_the_same_parameters_as_a_full_calibration(
     rows = act_range_rows(full)
     assert len(rows) == 2 * len(full.layers) and {r["step"] for r in rows} == {0, 1}
     assert all(r["lo"] <= r["hi"] for r in rows)
+    both = trajectory_ranges(full, shared)
+    assert [r["trajectory"] for r in both] == ["FP"] * len(rows) + ["quantized"] * len(rows)
+    assert [{k: r[k] for k in ("layer", "step", "lo", "hi")} for r in both[:len(rows)]] == rows

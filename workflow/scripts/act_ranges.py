@@ -6,11 +6,8 @@ import pandas as pd
 
 from pcr.io import atomic_file
 from pcr.quant import load_params
-from pcr.quant.params import act_range_rows
+from pcr.quant.params import trajectory_ranges
 
-inputs = snakemake.input
-rows = [{**row, "trajectory": label}
-        for label, path in (("FP", inputs.fp_trajectory), ("quantized", inputs.quantized_trajectory))
-        for row in act_range_rows(load_params(path))]
+rows = trajectory_ranges(load_params(snakemake.input.fp_trajectory), load_params(snakemake.input.quantized_trajectory))
 with atomic_file(snakemake.output[0]) as tmp:
     pd.DataFrame(rows, columns=["layer", "step", "trajectory", "lo", "hi"]).to_csv(tmp, index=False)

@@ -23,8 +23,8 @@ from pcr.quant.config import QuantConfig
 from pcr.quant.model import quant_layers, quantize_unet
 from pcr.quant.select import quantizable_layers
 
-__all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "collect_params", "apply_params", "apply_weights",
-           "save_params", "load_params", "quantize", "fingerprint"]
+__all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "apply_params", "apply_weights", "collect_params",
+           "fingerprint", "load_params", "quantize", "save_params", "trajectory_ranges"]
 
 FORMAT = "pcr.quant.params/1"
 TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
@@ -93,6 +93,14 @@ def act_range_rows(params: QuantParams) -> list[dict]:
     return [{"layer": name, "step": step, "lo": lo, "hi": hi}
             for name, tensors in params.layers.items()
             for step, (lo, hi) in enumerate(tensors["act_range"].tolist())]
+
+
+def trajectory_ranges(fp_trajectory: QuantParams, quantized_trajectory: QuantParams) -> list[dict]:
+    """Rows (layer, step, trajectory, lo, hi) of a calibration on the FP trajectory (per-step) and one on
+    the quantized trajectory (progressive): the table pcr.report.range_drift and its figure read."""
+    return [{**row, "trajectory": label}
+            for label, params in (("FP", fp_trajectory), ("quantized", quantized_trajectory))
+            for row in act_range_rows(params)]
 
 
 def apply_weights(layers: dict, params: QuantParams) -> None:
