@@ -213,20 +213,19 @@ def collect_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Pa
     if any(s != settings[0] for s in settings):
         raise GenerationError(f"the shard folders {[str(d) for d in shard_dirs]} were generated with other settings; "
                               "rerun them")
-    rows = sorted((r for d in shard_dirs for p in d.glob("manifest.shard-*-of-*.csv") for r in read_manifest(p)),
-                  key=lambda r: r["index"])
+    rows = sorted(({**r, "folder": d} for d in shard_dirs for p in d.glob("manifest.shard-*-of-*.csv")
+                   for r in read_manifest(p)), key=lambda r: r["index"])
     if [r["index"] for r in rows] != list(range(settings[0]["count"])):
         raise GenerationError(f"the shard folders do not cover indices 0..{settings[0]['count'] - 1} exactly once")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, settings[0], replace_stale=True)
-    source = {r["index"]: d for d in shard_dirs for p in d.glob("manifest.shard-*-of-*.csv") for r in read_manifest(p)}
     for r in rows:
         target = out_dir / r["file"]
         if target.is_file():
             target.unlink()
         try:
-            os.link(source[r["index"]] / r["file"], target)
+            os.link(r["folder"] / r["file"], target)
         except OSError:
-            shutil.copyfile(source[r["index"]] / r["file"], target)
+            shutil.copyfile(r["folder"] / r["file"], target)
     _write_manifest(out_dir / MANIFEST, [r["prompt"] for r in rows], range(len(rows)), settings[0]["seed"])
     return out_dir / MANIFEST
