@@ -20,21 +20,21 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import torch
 
 import pcr
+from pcr.calibrate.calibration import quantize_for_calibration
 from pcr.calibrate.progressive import calibrate_activations, calibrate_progressive_rerun
 from pcr.calibrate.weights import calibrate_weights
 from pcr.pipelines import load_pipeline
 from pcr.pipelines.sampling import sample_latents
-from pcr.quant import QuantConfig, quantize_unet, unquantize_unet
+from pcr.quant import QuantConfig, unquantize_unet
 from pcr.runtime import use_available_cpus
 from pcr.toy.world import toy_prompts
+
+from _measure import MALLOC_ENV, PeakRSS, timed  # beside this script
 
 OUT = Path(__file__).parent / "results"
 
@@ -53,42 +53,15 @@ def fp_sampling(pipe, texts, seeds, config) -> None:
                        config.guidance_scale)
 
 
-def timed(fn, *args, **kwargs) -> float:
-    start = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - start
-
-
-class PeakRSS:
-    """Samples the resident set every 2 ms in a thread; .growth_mb is the peak over the start."""
-
-    def __enter__(self):
-        self.process, self.stop = psutil.Process(), False
-        self.start = self.peak = self.process.memory_info().rss
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        while not self.stop:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join()
-        self.growth_mb = (self.peak - self.start) / 2**20
-
-
 def measure_memory(args) -> None:
     """Child process: one measurement, printed as JSON."""
     pipe, texts, seeds, config = setup(args, args.prompts)
     fp_sampling(pipe, texts[:1], seeds[:1], config.replace(num_steps=2))  # warm up allocator and kernels
     if args.measure == "calib":
-        layers = quantize_unet(pipe.unet, config, config.num_steps)
+        layers = quantize_for_calibration(pipe.unet, config, config.num_steps)  # DDIM: one call per step
         calibrate_weights(layers, "minmax", progress=False)
         with PeakRSS() as peak:
-            calibrate_activations(pipe, layers, texts, seeds, config, config.act_bits_per_step(), progress=False)
+            calibrate_activations(pipe, layers, texts, seeds, config, config.act_bits_per_step(config.num_steps), progress=False)
     else:
         with PeakRSS() as peak:
             fp_sampling(pipe, texts, seeds, config)
@@ -98,9 +71,7 @@ def measure_memory(args) -> None:
 def child(args, measure: str, prompts: int) -> float:
     cmd = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--guidance",
            str(args.guidance), "--batch", str(args.batch), "--measure", measure, "--prompts", str(prompts)]
-    # a fixed mmap threshold: freed tensors go back to the OS at once, so the resident set follows
-    # live memory instead of glibc's growing heap (whose dynamic threshold made runs differ by 40 MB)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = {**os.environ, **MALLOC_ENV}  # a fixed mmap threshold: see _measure.py
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["growth_mb"]
 
@@ -129,12 +100,12 @@ def main():
     fp_sampling(pipe, texts[:1], seeds[:1], config.replace(num_steps=2))  # warm-up
     with torch.no_grad():
         fp = timed(fp_sampling, pipe, texts, seeds, config)
-        layers = quantize_unet(pipe.unet, config, config.num_steps)
+        layers = quantize_for_calibration(pipe.unet, config, config.num_steps)  # DDIM: one call per step
         weights = timed(calibrate_weights, layers, "minmax", progress=False)
-        one_pass = timed(calibrate_activations, pipe, layers, texts, seeds, config, config.act_bits_per_step(),
+        one_pass = timed(calibrate_activations, pipe, layers, texts, seeds, config, config.act_bits_per_step(config.num_steps),
                          progress=False)
         rerun = None if args.no_rerun else timed(calibrate_progressive_rerun, pipe, layers, texts, seeds, config,
-                                                  config.act_bits_per_step(), progress=False)
+                                                  config.act_bits_per_step(config.num_steps), progress=False)
         unquantize_unet(pipe.unet)
     params = pcr.calibrate.calibrate(pipe, texts, config, progress=False)
     pcr.quantize(pipe, params)

@@ -35,3 +35,30 @@ def test_device_and_dtype_from_config_names():
     with pytest.raises(ValueError, match="dtype must be one of"):
         torch_dtype("fp16")
     assert load_pipeline("tiny-sd", device="cpu", dtype="bfloat16").unet.dtype == torch.bfloat16
+
+
+def test_each_thread_logs_to_its_own_job_log(tmp_path):
+    """Workflow jobs run in threads of one process (pcr.jobs): a job's stderr must not reach another's log."""
+    import sys
+    import threading
+
+    from pcr.runtime import job_log
+
+    ready = threading.Barrier(2)
+
+    def job(name):
+        with job_log(tmp_path / f"{name}.log"):
+            ready.wait()  # both jobs are inside their logs at once
+            for i in range(50):
+                print(f"{name} line {i}", file=sys.stderr)
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, other in (("a", "b"), ("b", "a")):
+        text = (tmp_path / f"{name}.log").read_text()
+        assert text.count(f"{name} line") == 50 and f"{other} line" not in text
+    print("after the jobs", file=sys.stderr)  # the main thread still writes to the real stderr
+    assert "after the jobs" not in (tmp_path / "a.log").read_text()

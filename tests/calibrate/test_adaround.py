@@ -13,7 +13,7 @@ CONFIG = QuantConfig(method="naive", weight_bits=3, act_bits=8, num_steps=3, gui
 
 
 def test_units_are_blocks_and_leftover_layers_in_call_order(pipe):
-    layers = quantize_unet(pipe.unet, CONFIG, num_steps=3)
+    layers = quantize_unet(pipe.unet, CONFIG, num_calls=3)
     try:
         calls = collect_unet_inputs(pipe, PROMPTS, [0, 1, 2], CONFIG)
         assert sum(len(c[0]) for c in calls) == 6 * 2  # 6 (prompt, step) points, both guidance halves

@@ -19,7 +19,7 @@ def config(**changes):
 
 @pytest.fixture
 def layers(pipe):
-    layers = quantize_unet(pipe.unet, config(), num_steps=STEPS)
+    layers = quantize_unet(pipe.unet, config(), num_calls=STEPS)
     calibrate_weights(layers, "minmax", progress=False)
     yield layers
     unquantize_unet(pipe.unet)
@@ -33,7 +33,7 @@ def act_params(layers):
 @pytest.mark.parametrize("observer", ["ema", "minmax"])
 def test_one_pass_equals_the_rerun_form(pipe, layers, observer):
     cfg = config(method="progressive", observer=observer, relax_steps=(1,))
-    act_bits = cfg.act_bits_per_step()
+    act_bits = cfg.act_bits_per_step(STEPS)
     info = calibrate_activations(pipe, layers, PROMPTS, SEEDS, cfg, act_bits, progress=False)
     one_pass = act_params(layers)
     assert info["act_unet_calls"] == 2 * STEPS * 3  # 3 batches: observe + advance at every step
@@ -56,7 +56,7 @@ def test_progressive_differs_from_perstep_only_after_the_first_step(pipe, layers
 
 def test_shared_methods_give_one_range_for_all_steps(pipe, layers):
     cfg = config(method="naive", relax_steps=(3,))
-    calibrate_activations(pipe, layers, PROMPTS, SEEDS, cfg, cfg.act_bits_per_step(), progress=False)
+    calibrate_activations(pipe, layers, PROMPTS, SEEDS, cfg, cfg.act_bits_per_step(STEPS), progress=False)
     for layer in layers.values():
         ranges = layer.act_quantizer.range
         assert torch.equal(ranges[0], ranges[1]) and torch.equal(ranges[0], ranges[3])

@@ -13,15 +13,19 @@ PROMPTS = ["a red circle on the left", "two blue squares", "a small green triang
 def test_paper_intervals():
     sd = QuantConfig(num_steps=50, relax_ratio=(0.8, 1.0))
     sdxl = QuantConfig(num_steps=50, relax_ratio=(0.0, 0.2))
-    assert sd.relaxed_steps() == tuple(range(40, 50))
-    assert sdxl.relaxed_steps() == tuple(range(10))
-    assert sum(sd.act_bits_per_step()) / 50 == pytest.approx(8.4)
-    assert QuantConfig(num_steps=5, relax_steps=(4, 0, 4)).act_bits_per_step() == [10, 8, 8, 8, 10]
+    assert sdxl.relaxed_steps(50) == tuple(range(10))  # Euler: one UNet call per step
+    assert sd.relaxed_steps(50) == tuple(range(40, 50))
+    assert sum(sd.act_bits_per_step(50)) / 50 == pytest.approx(8.4)
+    # PNDM makes 51 calls for 50 steps: the last 20% of the calls
+    assert sd.relaxed_steps(51) == tuple(range(41, 51))
+    assert QuantConfig(num_steps=5, relax_steps=(4, 0, 4)).act_bits_per_step(5) == [10, 8, 8, 8, 10]
 
 
 def test_bad_relax_settings_name_the_key():
     with pytest.raises(ConfigError, match="relax_steps"):
-        QuantConfig(num_steps=5, relax_steps=(5,))
+        QuantConfig(num_steps=5, relax_steps=(-1,))
+    with pytest.raises(ConfigError, match=r"relax_steps \[6\] are outside the 6 UNet calls of num_steps=5"):
+        QuantConfig(num_steps=5, relax_steps=(5, 6)).relaxed_steps(6)
     with pytest.raises(ConfigError, match="at most one of"):
         QuantConfig(relax_steps=(1,), relax_ratio=(0.0, 0.2))
     with pytest.raises(ConfigError, match="relax_auto_bits"):

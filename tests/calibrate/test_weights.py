@@ -9,7 +9,7 @@ from pcr.quant import QuantConfig, quantize_unet, unquantize_unet
 
 @pytest.fixture
 def layers(pipe):
-    layers = quantize_unet(pipe.unet, QuantConfig(weight_bits=4, num_steps=2), num_steps=2)
+    layers = quantize_unet(pipe.unet, QuantConfig(weight_bits=4, num_steps=2), num_calls=2)
     yield layers
     unquantize_unet(pipe.unet)
 
@@ -38,7 +38,7 @@ def test_mse_search_never_loses_to_minmax_per_channel(layers):
 
 
 def test_per_tensor_granularity(pipe):
-    layers = quantize_unet(pipe.unet, QuantConfig(weight_granularity="tensor", num_steps=2), num_steps=2)
+    layers = quantize_unet(pipe.unet, QuantConfig(weight_granularity="tensor", num_steps=2), num_calls=2)
     try:
         calibrate_weights(layers, "minmax", progress=False)
         layer = next(iter(layers.values()))

@@ -67,5 +67,5 @@ def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("spec", ["sd15", "sd:", "toy", "tiny-sd:x", "SD:org/model"])
 def test_unknown_spec_lists_the_accepted_forms(spec):
-    with pytest.raises(ValueError, match="toy:<folder>, sd:<hub id or folder>, sdxl:"):
+    with pytest.raises(ValueError, match="toy:<folder>, sd:<hub id, folder or file>, sdxl:"):
         load_pipeline(spec)

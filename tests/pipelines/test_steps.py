@@ -15,12 +15,12 @@ def pipe(request):
 
 
 def record_calls(pipe):
-    """Forward hook that records (step, num_steps, batch size) at every UNet call."""
+    """Forward hook that records (call, num_calls, batch size) at every UNet call."""
     tracker = get_step_tracker(pipe.unet)
     calls = []
 
     def hook(module, args, output):
-        calls.append((tracker.step, tracker.num_steps, args[0].shape[0]))
+        calls.append((tracker.step, tracker.num_calls, args[0].shape[0]))
 
     return calls, pipe.unet.register_forward_hook(hook)
 
@@ -92,16 +92,16 @@ def test_direct_unet_calls_need_an_explicit_step(pipe):
     run(pipe, 2)
     with pytest.raises(RuntimeError, match=r"tracker\.at\(step\)"):
         pipe.unet(**inputs)
-    with tracker.at(3, num_steps=5):
+    with tracker.at(3, num_calls=5):
         pipe.unet(**inputs)
-        assert (tracker.step, tracker.num_steps) == (3, 5)
+        assert (tracker.step, tracker.num_calls) == (3, 5)
         with tracker.at(1):
             pipe.unet(**inputs)
             assert tracker.step == 1
         pipe.unet(**inputs)
-        assert (tracker.step, tracker.num_steps) == (3, 5)
+        assert (tracker.step, tracker.num_calls) == (3, 5)
     with pytest.raises(ValueError, match="step must be in"):
-        with tracker.at(5, num_steps=5):
+        with tracker.at(5, num_calls=5):
             pass
     # A pipeline run after direct calls still starts at step 0.
     calls, handle = record_calls(pipe)

@@ -18,7 +18,7 @@ def pipe(request):
 def quantized(pipe):
     """A UNet quantized W4A8 with round-to-nearest weights and made-up per-step ranges."""
     config = QuantConfig(weight_bits=4, act_bits=8, num_steps=3)
-    layers = quantize_unet(pipe.unet, config, num_steps=3)
+    layers = quantize_unet(pipe.unet, config, num_calls=3)
     calibrate_weights(layers, "minmax", progress=False)
     for layer in layers.values():
         for step in range(3):

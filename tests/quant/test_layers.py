@@ -15,7 +15,7 @@ PROMPTS = ["a red circle on the left", "two blue squares"]
 
 def test_every_linear_and_conv_but_the_kept_ones_is_quantized(pipe):
     before = {n: type(m) for n, m in pipe.unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-    layers = quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_steps=2)
+    layers = quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_calls=2)
     assert set(layers) == set(before) - {"conv_in", "conv_out"}
     assert any(isinstance(m, QuantLinear) for m in layers.values())
     assert any(isinstance(m, QuantConv2d) for m in layers.values())
@@ -34,7 +34,7 @@ def test_keep_fp_patterns_and_typos(pipe):
 
 def test_switched_off_it_is_the_float_model_exactly(pipe):
     reference = sample_latents(pipe, PROMPTS[:2], [0, 1], 3, 5.0)
-    layers = quantize_unet(pipe.unet, QuantConfig(num_steps=3), num_steps=3)
+    layers = quantize_unet(pipe.unet, QuantConfig(num_steps=3), num_calls=3)
     assert layers
     torch.testing.assert_close(sample_latents(pipe, PROMPTS[:2], [0, 1], 3, 5.0), reference, rtol=0, atol=0)
     unquantize_unet(pipe.unet)
@@ -78,19 +78,19 @@ def test_another_step_count_is_a_clear_error(quantized):
 
 def test_weights_stay_shared_with_the_float_model(pipe):
     weight = pipe.unet.down_blocks[0].resnets[0].conv1.weight
-    quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_steps=2)
+    quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_calls=2)
     assert pipe.unet.down_blocks[0].resnets[0].conv1.weight is weight
     unquantize_unet(pipe.unet)
     assert pipe.unet.down_blocks[0].resnets[0].conv1.weight is weight
 
 
 def test_quantizing_twice_or_without_a_step_tracker_is_refused(pipe):
-    quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_steps=2)
+    quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_calls=2)
     with pytest.raises(RuntimeError, match="quantized already"):
-        quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_steps=2)
+        quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_calls=2)
     unquantize_unet(pipe.unet)
     from pcr.pipelines import get_step_tracker
 
     get_step_tracker(pipe.unet).detach()
     with pytest.raises(RuntimeError, match="StepTracker"):
-        quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_steps=2)
+        quantize_unet(pipe.unet, QuantConfig(num_steps=2), num_calls=2)

@@ -69,10 +69,15 @@ def test_another_scheduler_or_step_count_is_refused(params):
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(ParamsMismatchError, match="EulerDiscreteScheduler"):
         pcr.quantize(pipe, params)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    # the same class configured otherwise samples other timesteps
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    with pytest.raises(ParamsMismatchError, match=r"calibrated with DDIMScheduler at num_inference_steps=3"):
+        pcr.quantize(pipe, params)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
     pcr.quantize(pipe, params)
     pipe.set_progress_bar_config(disable=True)
-    with pytest.raises(RuntimeError, match="calibrated for 3 sampling steps"):
+    with pytest.raises(RuntimeError, match=r"calibrated for num_inference_steps=3 \(3 UNet calls\), but the pipeline "
+                                           r"runs num_inference_steps=5 \(5 UNet calls\)"):
         pipe(PROMPTS[0], num_inference_steps=5, guidance_scale=5.0)
     unquantize_unet(pipe.unet)
 

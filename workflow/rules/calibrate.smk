@@ -8,7 +8,7 @@ rule calibrate_weights:
         spec=MODEL_SPEC,
         quant=lambda w: weight_quant_config(w.wkey),
         calib_size=lambda w: weight_settings(*WEIGHTS[w.wkey]).get("calib_size", 0),
-        dtype=config["compute"]["dtype"],
+        compute=config["compute"],
     log:
         "logs/calibrate_weights/{wkey}.log",
     benchmark:
@@ -16,8 +16,9 @@ rule calibrate_weights:
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
-    script:
-        "../scripts/calibrate_weights.py"
+    run:
+        jobs.calibrate_weights(log[0], params.spec, MODEL_CONFIG, input.prompts, params.calib_size, params.quant,
+                               params.compute, output[0])
 
 
 rule calibrate:
@@ -32,7 +33,7 @@ rule calibrate:
         spec=MODEL_SPEC,
         quant=lambda w: quant_config(w.variant, w.bits),
         calib_size=lambda w: VARIANTS[w.variant]["calib_size"],
-        dtype=config["compute"]["dtype"],
+        compute=config["compute"],
     log:
         "logs/calibrate/{variant}/{bits}.log",
     benchmark:
@@ -40,8 +41,9 @@ rule calibrate:
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
-    script:
-        "../scripts/calibrate.py"
+    run:
+        jobs.calibrate(log[0], params.spec, MODEL_CONFIG, input.prompts, input.weights, params.calib_size,
+                       params.quant, params.compute, output.params, output.cost)
 
 
 rule act_ranges:
@@ -52,5 +54,6 @@ rule act_ranges:
         "results/tables/act_ranges_{bits}.csv",
     log:
         "logs/act_ranges/{bits}.log",
-    script:
-        "../scripts/act_ranges.py"
+    localrule: True
+    run:
+        jobs.act_ranges(log[0], input.fp_trajectory, input.quantized_trajectory, output[0])

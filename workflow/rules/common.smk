@@ -1,15 +1,26 @@
 # Config validation, the table of variants (main comparison and ablations), and the target lists.
-# Nothing here imports torch (pcr.quant.config is pure Python), so planning the DAG takes a second.
+# Nothing here imports torch (pcr.quant.config is pure Python; pcr.jobs imports it per job), so
+# planning the DAG takes a second. Every rule's work is one pcr.jobs function (see its docstring for
+# why run: blocks and not scripts).
 import hashlib
 import json
+import os
 import re
 
 from snakemake.utils import validate
 
+from pcr import jobs
+from pcr.preflight import preflight
 from pcr.quant.config import ADAROUND_KEYS, WEIGHT_KEYS, QuantConfig
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+
+onstart:
+    # before the first job of a real run (not a dry run): everything a profile needs that is
+    # missing (weights, prompt files, metric networks, CUDA), listed in one error
+    preflight(config, devices=workflow.local_exec)
 
 FP, FLOOR, FP_BITS = "fp", "fp-reseeded", "W32A32"  # FP reference images; FP from other seeds (noise floor)
 RESEED = 100_000  # the floor's image i has seed  seed + RESEED + i
@@ -25,6 +36,7 @@ wildcard_constraints:
 TOY = config["model"] == "toy"
 MODEL_SPEC = "toy:results/toy/model" if TOY else config["model"]
 MODEL_INPUT = {"model": "results/toy/model"} if TOY else {}
+MODEL_CONFIG = config.get("model_config")  # the components of a single-file checkpoint
 SAMPLING = config["sampling"]
 CALIB_N = config["prompts"]["calibration"]["n"]
 EVAL_SETS = list(config["prompts"]["evaluation"])
@@ -79,7 +91,10 @@ def relaxed_interval(where, ratio):
 
 
 def relaxed_count(interval):
-    return len(QuantConfig(num_steps=SAMPLING["steps"], relax_ratio=tuple(interval)).relaxed_steps())
+    """Relaxed calls of an interval, counted over the steps (the planner does not load the scheduler:
+    one that makes more calls than steps, such as PNDM, relaxes the same share of its calls)."""
+    steps = SAMPLING["steps"]
+    return len(QuantConfig(num_steps=steps, relax_ratio=tuple(interval)).relaxed_steps(steps))
 
 
 for _name, _set in [("calibration", config["prompts"]["calibration"]), *config["prompts"]["evaluation"].items()]:
@@ -155,7 +170,8 @@ def quant_config(variant, bits):
     """The full pcr.quant.QuantConfig dict of a (variant, bit setting)."""
     weight, act = parse_bits(bits)
     return {**VARIANTS[variant]["quant"], "weight_bits": weight, "act_bits": act, "num_steps": SAMPLING["steps"],
-            "guidance_scale": SAMPLING["guidance"], "seed": config["seed"]}
+            "guidance_scale": SAMPLING["guidance"], "seed": config["seed"], "height": SAMPLING.get("height"),
+            "width": SAMPLING.get("width")}
 
 
 def weight_settings(variant, bits):
@@ -260,9 +276,11 @@ def prompt_spec(pset):
 
 
 def prompt_source(wildcards):
-    """The prompt file a real set is read from, so a missing one is named before anything runs."""
+    """The prompt file a real set is read from, so a changed file redraws the set. A missing file is
+    left out here: the preflight (onstart) names every missing input at once before the first job,
+    where Snakemake would stop at the first one."""
     kind, _, path = prompt_spec(wildcards.pset)["spec"].partition(":")
-    inputs = [path] if kind != "toy" else []
+    inputs = [path] if kind != "toy" and os.path.exists(path) else []
     if wildcards.pset != "calibration":
         inputs.append("results/prompts/calibration.json")  # evaluation sets are checked against it
     return inputs

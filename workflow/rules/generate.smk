@@ -17,8 +17,9 @@ if SHARDS == 1:
         threads: config["resources"]["threads"]
         resources:
             **model_resources(),
-        script:
-            "../scripts/generate.py"
+        run:
+            jobs.generate(log[0], params.sampling, MODEL_CONFIG, input.prompts, input.get("params"), params.shard,
+                          config["compute"], output[0])
 
 else:
 
@@ -37,8 +38,9 @@ else:
         threads: config["resources"]["threads"]
         resources:
             **model_resources(),
-        script:
-            "../scripts/generate.py"
+        run:
+            jobs.generate(log[0], params.sampling, MODEL_CONFIG, input.prompts, input.get("params"), params.shard,
+                          config["compute"], output[0])
 
     rule collect_shards:
         input:
@@ -49,5 +51,5 @@ else:
         log:
             "logs/collect_shards/{variant}/{bits}/{pset}.log",
         localrule: True
-        script:
-            "../scripts/collect_shards.py"
+        run:
+            jobs.collect_shards(log[0], list(input), output[0])

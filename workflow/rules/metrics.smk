@@ -15,5 +15,6 @@ rule metrics:
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
-    script:
-        "../scripts/metrics.py"
+    run:
+        jobs.metrics(log[0], input.images, input.reference, input.prompts, input.get("cost"), input.get("clip"),
+                     params.metrics, params.seed, params.paired, params.run, config["compute"], output[0])

@@ -10,5 +10,5 @@ rule prompts:
     log:
         "logs/prompts/{pset}.log",
     localrule: True
-    script:
-        "../scripts/prompts.py"
+    run:
+        jobs.prompts(log[0], params.spec["spec"], params.spec["n"], params.seed, params.calibration, output[0])

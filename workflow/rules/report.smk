@@ -7,8 +7,8 @@ rule main_table:
     log:
         "logs/main_table.log",
     localrule: True
-    script:
-        "../scripts/table.py"
+    run:
+        jobs.table(log[0], list(input), output.csv, output.markdown)
 
 
 rule ablation_table:
@@ -21,8 +21,8 @@ rule ablation_table:
     log:
         "logs/ablation_table/{name}.log",
     localrule: True
-    script:
-        "../scripts/table.py"
+    run:
+        jobs.table(log[0], list(input), output.csv, output.markdown)
 
 
 rule figure:
@@ -38,8 +38,8 @@ rule figure:
     log:
         "logs/figure/{table}.log",
     localrule: True
-    script:
-        "../scripts/figure.py"
+    run:
+        jobs.figure(log[0], params.kind, input[0], output.png)
 
 
 rule bits_figure:
@@ -53,8 +53,8 @@ rule bits_figure:
     log:
         "logs/figure/bits.log",
     localrule: True
-    script:
-        "../scripts/figure.py"
+    run:
+        jobs.figure(log[0], params.kind, input[0], output.png)
 
 
 rule act_ranges_figure:
@@ -68,8 +68,8 @@ rule act_ranges_figure:
     log:
         "logs/figure/act_ranges_{bits}.log",
     localrule: True
-    script:
-        "../scripts/figure.py"
+    run:
+        jobs.figure(log[0], params.kind, input[0], output.png)
 
 
 rule sample_grid:
@@ -86,5 +86,6 @@ rule sample_grid:
     log:
         "logs/sample_grid/{pset}.log",
     localrule: True
-    script:
-        "../scripts/sample_grid_methods.py"
+    run:
+        jobs.sample_grid(log[0], input.reference, list(input.images), input.prompts, params.labels, params.rows,
+                         output.png)

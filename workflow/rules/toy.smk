@@ -14,8 +14,8 @@ rule toy_clip:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    script:
-        "../scripts/train_toy_clip.py"
+    run:
+        jobs.train_toy_clip(log[0], output[0], params.cfg, params.seed, params.res, params.p_two)
 
 
 rule toy_model:
@@ -36,8 +36,8 @@ rule toy_model:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    script:
-        "../scripts/train_toy_model.py"
+    run:
+        jobs.train_toy_model(log[0], input.clip, output[0], params.cfg, params.seed, params.res, params.p_two)
 
 
 rule toy_evaluator:
@@ -59,8 +59,9 @@ rule toy_evaluator:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    script:
-        "../scripts/evaluate_toy.py"
+    run:
+        jobs.evaluate_toy(log[0], input.model, input.clip, output[0], params.sample, params.n, params.seed,
+                          params.p_two)
 
 
 rule toy_sample_grid:
@@ -88,5 +89,6 @@ rule toy_sample_grid:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
-    script:
-        "../scripts/sample_grid.py"
+    run:
+        jobs.toy_sample_grid(log[0], input.model, output.grid, output.prompts, params.sample, params.rows,
+                             params.cols, params.seed, params.p_two)

@@ -93,8 +93,9 @@ def _packed_bits(quantized: dict[str, nn.Module], model: nn.Module, config: Quan
 
 def cost_report(unet: nn.Module, config: QuantConfig, act_bits: list[int] | None = None,
                 example_inputs: dict | None = None) -> dict:
-    """Cost of quantizing `unet` as `config` says; act_bits per step default to config.act_bits_per_step()."""
-    act_bits = list(config.act_bits_per_step() if act_bits is None else act_bits)
+    """Cost of quantizing `unet` as `config` says. act_bits: per UNet call of a sampling run (a calibrated
+    QuantParams.act_bits); by default the config's, for a scheduler that makes one call per step."""
+    act_bits = list(config.act_bits_per_step(config.num_steps) if act_bits is None else act_bits)
     if not act_bits or not all(isinstance(b, int) and 1 <= b <= FP_BITS for b in act_bits):
         raise ValueError(f"act_bits must be a non-empty list of bit-widths in [1, {FP_BITS}], got {act_bits!r}")
     quantized = quantizable_layers(unet, config.keep_fp)

@@ -10,11 +10,14 @@ torch-fidelity uint8 images (N, 3, H, W), as it expects.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from pcr.runtime import MODEL_BUILD_LOCK
 
 __all__ = ["TOY_CLIP", "ClipScorer", "create_extractor", "extract_features", "load_clip_scorer",
            "register_toy_clip_extractor"]
@@ -75,6 +78,27 @@ def register_toy_clip_extractor() -> None:
 
     if TOY_CLIP not in FEATURE_EXTRACTORS_REGISTRY:
         register_feature_extractor(TOY_CLIP, _extractor_class())
+
+
+_NETWORKS: dict = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def _version(path) -> int | None:
+    """A file's or folder's modification time: a network rebuilt from a rewritten file is a new one."""
+    return os.stat(path).st_mtime_ns if path is not None and os.path.exists(path) else None
+
+
+def cached_network(kind: str, build, *key):
+    """``build(*key)``, kept for the rest of the process: the workflow runs many metrics jobs in one
+    process (pcr.jobs), and loading Inception or ViT-L/14 took longer than measuring a folder. The
+    networks are only read (eval mode, no gradients), so jobs in other threads may share them."""
+    full = (kind, *key, *(_version(k) for k in key if isinstance(k, (str, os.PathLike))))
+    with _NETWORKS_LOCK:
+        if full not in _NETWORKS:
+            with MODEL_BUILD_LOCK:  # see pcr.runtime
+                _NETWORKS[full] = build(*key)
+        return _NETWORKS[full]
 
 
 def create_extractor(name: str, weights: str | os.PathLike | None = None, cuda: bool = False):
@@ -150,13 +174,25 @@ def load_clip_scorer(model_name: str = "ViT-L-14", pretrained: str = "openai", t
                      device: str = "cpu") -> ClipScorer:
     """The CLIP-score model: the toy CLIP (model_name 'toy-clip') or an open_clip model.
 
-    `pretrained` is an open_clip tag (downloaded on first use) or a local checkpoint file."""
+    `model_name` is an open_clip model name, or the path of an open_clip model config JSON (as
+    open_clip.add_model_config takes; the file's stem becomes the model's name): a custom or tiny
+    CLIP. `pretrained` is an open_clip tag (downloaded on first use) or a local checkpoint file."""
     if model_name == TOY_CLIP:
         if toy_clip is None:
             raise ValueError("clip_model 'toy-clip' needs the toy CLIP folder (MetricsConfig.toy_clip)")
         return _toy_scorer(toy_clip, device)
     import open_clip
 
+    label = model_name  # provenance keeps what the user gave (the JSON path for a config file)
+    if model_name.endswith(".json"):
+        if not Path(model_name).is_file():
+            raise FileNotFoundError(f"CLIP-score model config {model_name} does not exist; give an open_clip model "
+                                    "config JSON (embed_dim, vision_cfg, text_cfg) or a model name such as 'ViT-L-14'")
+        open_clip.add_model_config(model_name)
+        model_name = Path(model_name).stem
+        if model_name not in open_clip.list_models():  # open_clip skips a JSON without these keys, silently
+            raise ValueError(f"CLIP-score model config {label} is not an open_clip model config: it needs the keys "
+                             "embed_dim, vision_cfg and text_cfg")
     looks_like_path = os.sep in pretrained or Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors")
     if looks_like_path and not Path(pretrained).is_file():
         raise FileNotFoundError(f"CLIP-score checkpoint {pretrained} does not exist; give an open_clip checkpoint "
@@ -178,4 +214,4 @@ def load_clip_scorer(model_name: str = "ViT-L-14", pretrained: str = "openai", t
     def texts(prompts):
         return model.encode_text(tokenizer(prompts).to(device))
 
-    return ClipScorer(model, images, texts, f"{model_name}:{pretrained}")
+    return ClipScorer(model, images, texts, f"{label}:{pretrained}")

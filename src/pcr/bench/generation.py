@@ -129,7 +129,7 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
         "pipeline": type(pipe).__name__, "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale, "height": height, "width": width, "seed": seed, "seed_rule": SEED_RULE,
         "count": len(prompts), "prompts_sha256": prompts_digest(prompts), "batch_size": batch_size,
-        "info": info or {},
+        "info": info or {}, **_model_provenance(pipe, height, width),
     }
     _check_settings(out_dir, settings, replace_stale)
 
@@ -155,10 +155,10 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
             for batch in todo:
                 # CPU generators: the same seed gives the same initial noise on any device
                 generators = [torch.Generator().manual_seed(seed + i) for i in batch]
-                images = pipe([prompts[i] for i in batch], num_inference_steps=num_inference_steps,
-                              guidance_scale=guidance_scale, generator=generators, output_type="pil",
-                              **size).images
-                for i, image in zip(batch, images, strict=True):
+                out = pipe([prompts[i] for i in batch], num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, generator=generators, output_type="pil", **size)
+                _refuse_filtered(out, batch)
+                for i, image in zip(batch, out.images, strict=True):
                     if i in missing:
                         with atomic_file(out_dir / image_name(i)) as tmp:
                             image.save(tmp, format="PNG")
@@ -170,6 +170,29 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
     manifest = out_dir / (MANIFEST if n == 1 else f"manifest.shard-{k}-of-{n}.csv")
     _write_manifest(manifest, prompts, sorted(mine), seed)
     return manifest
+
+
+def _model_provenance(pipe, height: int | None, width: int | None) -> dict:
+    """What else the images depend on: the resolution sampled, the safety checker, and for a quantized
+    UNet what its parameters were calibrated on (a resolution that differs is flagged)."""
+    from pcr.pipelines.adapters import adapter_for
+
+    sampled = list(adapter_for(pipe).resolve_size(height, width))
+    calibration = getattr(pipe.unet, "pcr_calibration", None)
+    out = {"resolution": sampled, "safety_checker": "on" if getattr(pipe, "safety_checker", None) else "off",
+           "quantization": calibration}
+    if calibration is not None:
+        out["resolution_mismatch"] = calibration["resolution"] is not None and calibration["resolution"] != sampled
+    return out
+
+
+def _refuse_filtered(out, batch: list[int]) -> None:
+    """A safety checker replaces flagged images with black ones: never let one into a benchmark."""
+    flagged = [i for i, hit in zip(batch, getattr(out, "nsfw_content_detected", None) or []) if hit]
+    if flagged:
+        raise GenerationError(f"the pipeline's safety checker blacked out images {[image_name(i) for i in flagged]}; "
+                              "benchmark images must be unfiltered. Load the pipeline without it "
+                              "(pcr.pipelines.load_pipeline does: safety_checker=None).")
 
 
 def merge_manifests(out_dir: str | os.PathLike) -> Path:

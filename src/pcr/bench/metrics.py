@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pcr.bench.features import TOY_CLIP, create_extractor, extract_features, load_clip_scorer
+from pcr.bench.features import TOY_CLIP, cached_network, create_extractor, extract_features, load_clip_scorer
 from pcr.bench.generation import SEED_RULE, SETTINGS, image_name
 from pcr.bench.prompts import prompts_digest
 from pcr.io import atomic_file
@@ -158,9 +158,15 @@ def _feature_metrics(gen_files: list[Path], ref_files: list[Path], config: Metri
 
     n, cuda = len(gen_files), config.device.startswith("cuda")
     weights = config.toy_clip if config.feature_extractor == TOY_CLIP else config.feature_weights
-    extractor, layer = create_extractor(config.feature_extractor, weights, cuda=cuda)
+    # torch-fidelity finds its own weights under TORCH_HOME: part of the cache key
+    key = (config.feature_extractor, weights, cuda, os.environ.get("TORCH_HOME"))
+    extractor, layer = cached_network("extractor", lambda name, path, on_cuda, _home: create_extractor(name, path, on_cuda),
+                                      *key)
     gen_feats = extract_features(extractor, layer, gen_files, config.batch_size, cuda)  # (N, D)
-    ref_feats = extract_features(extractor, layer, ref_files, config.batch_size, cuda)
+    # the FP reference folder is measured against by every method: its features once per process
+    stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in ref_files)
+    ref_feats = cached_network("features", lambda *_: extract_features(extractor, layer, ref_files, config.batch_size,
+                                                                       cuda), *key, stamp)
     kid = kid_features_to_metric(gen_feats, ref_feats, kid_subset_size=min(config.kid_subset_size, n),
                                  kid_subsets=config.kid_subsets, rng_seed=config.seed, verbose=False)
     metrics = {"fid": _fid(gen_feats, ref_feats), "kid": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD]}
@@ -188,7 +194,8 @@ def _feature_metrics(gen_files: list[Path], ref_files: list[Path], config: Metri
 def _paired_metrics(gen_files: list[Path], ref_files: list[Path], texts: list[str], config: MetricsConfig,
                     progress: bool) -> tuple[dict, str]:
     """CLIP score (of both folders) and paired PSNR/SSIM, batch by batch."""
-    scorer = load_clip_scorer(config.clip_model, config.clip_pretrained, config.toy_clip, config.device)
+    scorer = cached_network("clip", load_clip_scorer, config.clip_model, config.clip_pretrained, config.toy_clip,
+                            config.device)
     clip, clip_ref, psnr, ssim = [], [], [], []
     for lo in tqdm(range(0, len(texts), config.batch_size), desc="metrics", unit="batch", disable=not progress):
         batch = slice(lo, lo + config.batch_size)

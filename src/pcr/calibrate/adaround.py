@@ -70,18 +70,19 @@ def _to(obj, device):
 
 @torch.no_grad()
 def collect_unet_inputs(pipe, prompts: list[str], seeds: list[int], config: QuantConfig) -> list[tuple]:
-    """UNet inputs (sample, timesteps, kwargs) at ``config.weight_samples`` (prompt, step) points of the
-    FP trajectory, drawn uniformly with the config's seed, in calls of up to BATCH points (on the CPU)."""
+    """UNet inputs (sample, timesteps, kwargs) at ``config.weight_samples`` (prompt, UNet call) points of
+    the FP trajectory, drawn uniformly with the config's seed, in calls of up to BATCH points (on the CPU)."""
     batches = prepare_batches(pipe, prompts, seeds, config)
-    total = len(prompts) * config.num_steps
+    num_calls = batches[0].num_calls
+    total = len(prompts) * num_calls
     picked = np.random.default_rng(config.seed).choice(total, min(config.weight_samples, total), replace=False)
-    picked = set(picked.tolist())  # point id = prompt index * num_steps + step
+    picked = set(picked.tolist())  # point id = prompt index * num_calls + call
     points, offset = [], 0
     with quant_mode(pipe.unet, weights=False, acts=False):
         for batch in batches:
             size = batch.latents.shape[0]
-            for step in range(config.num_steps):
-                local = [j for j in range(size) if (offset + j) * config.num_steps + step in picked]
+            for step in range(num_calls):
+                local = [j for j in range(size) if (offset + j) * num_calls + step in picked]
                 if local:
                     model_in, t, kwargs = batch.unet_inputs(step)
                     rows = torch.tensor(local + ([j + size for j in local] if batch.guided else []))

@@ -12,28 +12,31 @@ import time
 from pcr.calibrate.progressive import calibrate_activations
 from pcr.calibrate.relax import pick_relaxed_steps, set_step_bits, step_gains
 from pcr.calibrate.weights import calibrate_weights
+from pcr.pipelines.sampling import count_unet_calls
 from pcr.pipelines.steps import StepTracker
 from pcr.quant.config import ACT_METHODS, ADAROUND_KEYS, WEIGHT_KEYS, QuantConfig
 from pcr.quant.model import quantize_unet, unquantize_unet
 from pcr.quant.params import QuantParams, apply_weights, collect_params
 
-__all__ = ["calibrate", "calibrate_weights_only"]
+__all__ = ["calibrate", "calibrate_weights_only", "quantize_for_calibration"]
 
 
 def _model_name(pipe) -> str:
     return getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None) or type(pipe).__name__
 
 
-
-
 def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str | None = None,
-              weights: QuantParams | None = None, progress: bool = True) -> QuantParams:
+              weights: QuantParams | None = None, progress: bool = True, cache_weights: bool = False) -> QuantParams:
     """Calibrate weight and activation quantization of ``pipe``'s UNet on ``prompts``.
 
-    Prompt i is sampled with seed ``config.seed + i``. ``model`` names the pipeline in the saved
-    parameters (a pcr spec such as "toy:results/toy/model"); by default the pipeline's own path.
-    ``weights``: parameters of an earlier calibration with the same weight settings, whose weight
-    codes are reused (weight calibration is shared by all activation methods; AdaRound is costly).
+    Prompt i is sampled with seed ``config.seed + i`` through ``config.num_steps`` inference steps
+    (every UNet call the pipeline's scheduler makes for them) at ``config.height`` x ``config.width``.
+    ``model`` names the pipeline in the saved parameters (a pcr spec such as "toy:results/toy/model");
+    by default the pipeline's own path. ``weights``: parameters of an earlier calibration with the
+    same weight settings, whose weight codes are reused (weight calibration is shared by all
+    activation methods; AdaRound is costly). ``cache_weights`` keeps a dequantized copy of every
+    weight instead of dequantizing per UNet call: faster where weights dominate a call (small
+    latents on a CPU), at about 2x the FP model's memory instead of 1.25x (benchmarks/sd_scale.py).
     """
     config = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config)
     prompts = list(prompts)
@@ -41,8 +44,10 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
         raise ValueError("calibrate needs a non-empty list of prompt strings.")
     seeds = [config.seed + i for i in range(len(prompts))]
     StepTracker.attach(pipe)
-    layers = quantize_unet(pipe.unet, config, config.num_steps)
-    info: dict = {"prompts": len(prompts)}
+    num_calls = count_unet_calls(pipe.scheduler, config.num_steps)
+    act_bits = config.act_bits_per_step(num_calls)  # checks relax_steps against the calls
+    layers = quantize_for_calibration(pipe.unet, config, num_calls, cache_weights)
+    info: dict = {"prompts": len(prompts), "dtype": str(pipe.unet.dtype).removeprefix("torch.")}
     try:
         if weights is not None:
             _reuse_weights(layers, weights, config)
@@ -50,14 +55,13 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
         else:
             info.update(_calibrate_weights(pipe, layers, prompts, seeds, config, progress))
 
-        act_bits = config.act_bits_per_step()
         info.update(calibrate_activations(pipe, layers, prompts, seeds, config, act_bits, progress))
         if config.relax_auto_bits is not None:
             act_bits = _relax_auto(pipe, layers, prompts, seeds, config, info, progress)
-        timesteps = info.pop("timesteps")
+        timesteps, resolution = info.pop("timesteps"), info.pop("resolution")
         info["observed_steps"] = {str(k): v for k, v in info["observed_steps"].items()}
         return collect_params(pipe.unet, config, act_bits, timesteps, type(pipe.scheduler).__name__,
-                              model or _model_name(pipe), info)
+                              model or _model_name(pipe), info, resolution)
     finally:
         unquantize_unet(pipe.unet)
 
@@ -71,14 +75,25 @@ def calibrate_weights_only(pipe, prompts: list[str], config: QuantConfig | dict,
     prompts = list(prompts)
     seeds = [config.seed + i for i in range(len(prompts))]
     StepTracker.attach(pipe)
-    layers = quantize_unet(pipe.unet, config, config.num_steps)
+    num_calls = count_unet_calls(pipe.scheduler, config.num_steps)
+    layers = quantize_for_calibration(pipe.unet, config, num_calls)
     try:
         info = {"weights_only": True, "prompts": len(prompts),
                 **_calibrate_weights(pipe, layers, prompts, seeds, config, progress)}
-        return collect_params(pipe.unet, config, config.act_bits_per_step(), [], type(pipe.scheduler).__name__,
-                              model or _model_name(pipe), info)
+        return collect_params(pipe.unet, config, config.act_bits_per_step(num_calls), [],
+                              type(pipe.scheduler).__name__, model or _model_name(pipe), info)
     finally:
         unquantize_unet(pipe.unet)
+
+
+def quantize_for_calibration(unet, config: QuantConfig, num_calls: int, cache_weights: bool = False) -> dict:
+    """Quantized layers that dequantize their weights per call (unless ``cache_weights``): calibration
+    holds the float weights (FP trajectories) and the codes, and no third copy, so it peaks at 1.26x
+    FP sampling's memory at SD 1.5 scale instead of 2.0x."""
+    layers = quantize_unet(unet, config, num_calls)
+    for layer in layers.values():
+        layer.cache_weight = cache_weights
+    return layers
 
 
 def _calibrate_weights(pipe, layers, prompts, seeds, config: QuantConfig, progress: bool) -> dict:
@@ -103,7 +118,7 @@ def _relax_auto(pipe, layers, prompts, seeds, config: QuantConfig, info: dict, p
     first = slice(0, config.batch_size)
     sensitivity = step_gains(pipe, layers, prompts[first], seeds[first], config, progress)
     relaxed = pick_relaxed_steps(sensitivity["gains"], config)
-    act_bits = config.act_bits_per_step(relaxed)
+    act_bits = config.act_bits_per_step(len(sensitivity["gains"]), relaxed)
     if ACT_METHODS[config.method]["trajectory"] == "quantized":
         calibrate_activations(pipe, layers, prompts, seeds, config, act_bits, progress)
     else:

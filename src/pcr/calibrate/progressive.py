@@ -2,7 +2,8 @@
 
 PCR calibrates step i on the trajectory the *quantized* model produced for steps < i. The reference
 code re-runs the quantized pipeline from x_T for every i (about N^2/2 UNet calls per prompt). Here
-all prompt batches move through the steps together, and at each step i:
+all prompt batches move through the steps together, and at each step i (one UNet call of the
+scheduler: PNDM's N steps are N + 1 calls, Heun's 2N - 1; see pcr.pipelines.sampling):
 
 1. observe: every batch's UNet call at step i, weights quantized, activations not, feeds the
    observers of step i;
@@ -57,8 +58,10 @@ def observed_steps(config: QuantConfig, timesteps: list[int], num_train_timestep
 
 
 def prepare_batches(pipe, prompts: list[str], seeds: list[int], config: QuantConfig) -> list[DenoisingBatch]:
+    """The calibration prompts in batches of ``config.batch_size``, at the configured steps and resolution."""
     size = config.batch_size
-    return [prepare_batch(pipe, prompts[i:i + size], seeds[i:i + size], config.num_steps, config.guidance_scale)
+    return [prepare_batch(pipe, prompts[i:i + size], seeds[i:i + size], config.num_steps, config.guidance_scale,
+                          config.height, config.width)
             for i in range(0, len(prompts), size)]
 
 
@@ -99,9 +102,12 @@ def calibrate_activations(pipe, layers: dict[str, QuantLayerMixin], prompts: lis
     weights = observed_steps(config, timesteps, pipe.scheduler.config.num_train_timesteps)
     quantized_trajectory = method["trajectory"] == "quantized"
 
+    if len(act_bits) != len(timesteps):
+        raise ValueError(f"act_bits has {len(act_bits)} entries, but num_steps={config.num_steps} makes "
+                         f"{len(timesteps)} UNet calls with {type(pipe.scheduler).__name__}")
     shared = None if config.per_step else _new_observers(layers, config)
     start, calls = time.perf_counter(), 0
-    for step in tqdm(range(config.num_steps), desc=f"activations ({config.method})", disable=not progress):
+    for step in tqdm(range(len(timesteps)), desc=f"activations ({config.method})", disable=not progress):
         if step in weights:
             observers = shared if shared is not None else _new_observers(layers, config)
             _observe_step(unet, layers, batches, step, observers, weights[step])
@@ -121,7 +127,7 @@ def calibrate_activations(pipe, layers: dict[str, QuantLayerMixin], prompts: lis
                 for name, layer in layers.items():
                     layer.act_quantizer.set_step(step, *ranges[name], bits)
     return {"act_seconds": time.perf_counter() - start, "act_unet_calls": calls, "observed_steps": weights,
-            "timesteps": timesteps}
+            "timesteps": timesteps, "resolution": list(batches[0].size)}
 
 
 @torch.no_grad()
@@ -131,7 +137,7 @@ def calibrate_progressive_rerun(pipe, layers: dict[str, QuantLayerMixin], prompt
     and to time it: for every step i, sample again from x_T with the quantized model (steps < i
     final), observe step i with its activations unquantized, fix step i. About N^2 / 2 UNet calls."""
     unet, start, calls = pipe.unet, time.perf_counter(), 0
-    for i in tqdm(range(config.num_steps), desc="activations (progressive, re-run form)", disable=not progress):
+    for i in tqdm(range(len(act_bits)), desc="activations (progressive, re-run form)", disable=not progress):
         batches = prepare_batches(pipe, prompts, seeds, config)
         with quant_mode(unet, weights=True, acts=True):
             for step in range(i):

@@ -30,16 +30,21 @@ def set_step_bits(layers: dict[str, QuantLayerMixin], step: int, bits: int) -> N
 
 def step_gains(pipe, layers: dict[str, QuantLayerMixin], prompts: list[str], seeds: list[int], config: QuantConfig,
                progress: bool = True) -> dict:
-    """Per step, the drop in final-image MSE against FP when only that step is relaxed (N + 2 samplings)."""
+    """Per UNet call, the drop in final-image MSE against FP when only that call is relaxed (calls + 2 samplings)."""
+    def images():
+        return final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size,
+                            config.height, config.width)
+
     with quant_mode(pipe.unet, weights=False, acts=False):
-        reference = final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size)
+        reference = images()
     with quant_mode(pipe.unet, weights=True, acts=True):
-        base = (final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size) - reference).pow(2).mean().item()
+        base = (images() - reference).pow(2).mean().item()
         gains = []
-        for step in tqdm(range(config.num_steps), desc="relax sensitivity", disable=not progress, leave=False):
+        num_calls = next(iter(layers.values())).act_quantizer.num_calls
+        for step in tqdm(range(num_calls), desc="relax sensitivity", disable=not progress, leave=False):
             bits = next(iter(layers.values())).act_quantizer.bits[step]
             set_step_bits(layers, step, config.relax_bits)
-            err = (final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size) - reference).pow(2).mean().item()
+            err = (images() - reference).pow(2).mean().item()
             set_step_bits(layers, step, bits)
             gains.append(base - err)
     return {"base_mse": base, "gains": gains}

@@ -1,18 +1,15 @@
 """The toy text-to-image pipeline: Stable Diffusion's sampling loop in pixel space, without a VAE.
 
-The denoising loop is written out as in diffusers' own pipelines (encode prompt, classifier-free
-guidance batched into one UNet call per step, scheduler step), so quantization sees the toy model
-exactly as it sees Stable Diffusion.
+It samples with pcr's one denoising loop (written as diffusers' own pipelines write theirs: encode
+prompt, classifier-free guidance batched into one UNet call per timestep, scheduler step), so
+quantization sees the toy model exactly as it sees Stable Diffusion.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 __all__ = ["ToyPipeline"]
@@ -50,42 +47,22 @@ class ToyPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_inference_steps: int = 20, guidance_scale: float = 4.0,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
-        """Sample one image per prompt. `generator` may be a list (one per prompt) for per-image seeds;
-        output_type is "pil", "np" (B, H, W, 3 in [0, 1]) or "pt" (B, 3, H, W in [0, 1])."""
+                 latents: torch.Tensor | None = None, height: int | None = None, width: int | None = None,
+                 output_type: str = "pil", return_dict: bool = True):
+        """Sample one image per prompt with pcr's one denoising loop (pcr.pipelines.sampling).
+        `generator` may be a list (one per prompt) for per-image seeds; output_type is "pil", "np"
+        (B, H, W, 3 in [0, 1]) or "pt" (B, 3, H, W in [0, 1])."""
+        from pcr.pipelines.sampling import decode, run_loop, start_batch  # sampling imports this module's class
+
         prompts = self.check_inputs(prompt, num_inference_steps, guidance_scale, generator)
-        device = self._execution_device
-        do_cfg = guidance_scale > 1.0
-
-        cond = self.encode_prompt(prompts)
-        if do_cfg:
-            uncond = self.encode_prompt([""] * len(prompts))
-            cond = torch.cat([uncond, cond])  # (2B, 77, D): one UNet call per step carries both halves
-
-        size = self.unet.config.sample_size
-        shape = (len(prompts), self.unet.config.in_channels, size, size)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        # not every scheduler's step() takes a generator (PNDM and DEIS do not); pass it only where it does
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            pred = self.unet(model_in, t, encoder_hidden_states=cond).sample
-            if do_cfg:
-                pred_uncond, pred_cond = pred.chunk(2)
-                pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
-            latents = self.scheduler.step(pred, t, latents, **step_kwargs).prev_sample
-
-        images = (latents / 2 + 0.5).clamp(0, 1)
-        if output_type == "np":
-            images = images.permute(0, 2, 3, 1).float().cpu().numpy()
-        elif output_type == "pil":
-            images = self.numpy_to_pil(images.permute(0, 2, 3, 1).float().cpu().numpy())
-        elif output_type != "pt":
+        if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        batch = start_batch(self, prompts, generator, num_inference_steps, guidance_scale, height, width, latents,
+                            scheduler=self.scheduler)
+        images = decode(self, run_loop(batch, self.unet, progress=self.progress_bar))
+        if output_type == "np":
+            images = images.permute(0, 2, 3, 1).cpu().numpy()
+        elif output_type == "pil":
+            images = self.numpy_to_pil(images.permute(0, 2, 3, 1).cpu().numpy())
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -24,7 +24,7 @@ GRANULARITIES = ("channel", "tensor")
 # What a weight calibration depends on: configs that agree on these share one (the workflow's
 # shared weight step; calibrate(..., weights=) checks them). AdaRound also reads sampled data.
 WEIGHT_KEYS = ("weight_bits", "weight_granularity", "weight_symmetric", "keep_fp", "weight_method")
-ADAROUND_KEYS = ("weight_iters", "weight_samples", "num_steps", "guidance_scale", "seed")
+ADAROUND_KEYS = ("weight_iters", "weight_samples", "num_steps", "guidance_scale", "seed", "height", "width")
 
 
 class ConfigError(ValueError):
@@ -35,9 +35,14 @@ class ConfigError(ValueError):
 class QuantConfig:
     """What is quantized and how it is calibrated.
 
-    Steps are counted in sampling order: step 0 is the first UNet call (pure noise, x_T), step
-    num_steps - 1 the last (near x_0). The paper relaxes the last 20% for SD (``relax_ratio=(0.8, 1.0)``)
-    and the first 20% for SDXL (``(0.0, 0.2)``).
+    ``num_steps`` is num_inference_steps, as a user passes it to the pipeline. Per-step parameters
+    are kept per UNet call, and the scheduler decides how many calls N steps make (PNDM N + 1, Heun
+    2N - 1, most others N; ``pcr.pipelines.sampling.count_unet_calls``), so what depends on the
+    count takes ``num_calls``. Calls are counted in sampling order: call 0 sees pure noise (x_T),
+    the last one is near x_0; ``relax_steps`` are call indices and ``relax_ratio`` a share of the
+    calls. The paper relaxes the last 20% for SD (``relax_ratio=(0.8, 1.0)``) and the first 20% for
+    SDXL (``(0.0, 0.2)``). ``height``/``width`` are the calibration images' size in pixels (None: the
+    pipeline's default); the profile's sampling size belongs there.
     """
 
     weight_bits: int = 8
@@ -60,8 +65,10 @@ class QuantConfig:
     relax_steps: tuple[int, ...] | None = None  # or relax these step indices
     relax_auto_bits: float | None = None  # or pick steps by measured sensitivity, this average bit budget
     relax_bits: int = 10
-    num_steps: int = 20
+    num_steps: int = 20  # num_inference_steps
     guidance_scale: float = 7.5
+    height: int | None = None  # calibration resolution in pixels; None: the pipeline's default
+    width: int | None = None
     seed: int = 0
     batch_size: int = 8
 
@@ -90,9 +97,13 @@ class QuantConfig:
             if not 0.0 <= lo <= hi <= 1.0:
                 raise ConfigError(f"relax_ratio must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.relax_ratio)}")
         if self.relax_steps is not None:
-            bad = [s for s in self.relax_steps if not 0 <= s < self.num_steps]
+            bad = [s for s in self.relax_steps if not isinstance(s, int) or s < 0]
             if bad:
-                raise ConfigError(f"relax_steps {bad} are outside [0, num_steps={self.num_steps})")
+                raise ConfigError(f"relax_steps must be UNet-call indices >= 0, got {bad}")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 8):
+                raise ConfigError(f"{key} must be a whole number of pixels >= 8 or None, got {value!r}")
         if self.relax_auto_bits is not None and not self.act_bits <= self.relax_auto_bits <= self.relax_bits:
             raise ConfigError(f"relax_auto_bits must lie in [act_bits={self.act_bits}, relax_bits={self.relax_bits}], "
                               f"got {self.relax_auto_bits}")
@@ -107,19 +118,26 @@ class QuantConfig:
     def act_observer(self) -> str:
         return self.observer or ACT_METHODS[self.method]["observer"]
 
-    def act_bits_per_step(self, relaxed: tuple[int, ...] | None = None) -> list[int]:
-        """Activation bits of each step. ``relaxed`` overrides the configured steps (auto relaxing)."""
-        relaxed = self.relaxed_steps() if relaxed is None else relaxed
-        return [self.relax_bits if i in relaxed else self.act_bits for i in range(self.num_steps)]
+    def act_bits_per_step(self, num_calls: int | None = None, relaxed: tuple[int, ...] | None = None) -> list[int]:
+        """Activation bits of each of ``num_calls`` UNet calls (None: num_steps, a scheduler that makes
+        one call per step). ``relaxed`` overrides the configured calls (auto relaxing)."""
+        num_calls = self.num_steps if num_calls is None else num_calls
+        relaxed = self.relaxed_steps(num_calls) if relaxed is None else relaxed
+        return [self.relax_bits if i in relaxed else self.act_bits for i in range(num_calls)]
 
-    def relaxed_steps(self) -> tuple[int, ...]:
-        """The relaxed steps given by relax_ratio or relax_steps (auto relaxing decides at calibration)."""
+    def relaxed_steps(self, num_calls: int | None = None) -> tuple[int, ...]:
+        """The relaxed UNet calls of a run of ``num_calls`` (None: num_steps), given by relax_ratio (call i
+        when (i + 0.5) / num_calls lies in the interval) or relax_steps (auto relaxing decides at calibration)."""
+        num_calls = self.num_steps if num_calls is None else num_calls
         if self.relax_steps is not None:
+            bad = sorted(s for s in set(self.relax_steps) if s >= num_calls)
+            if bad:
+                raise ConfigError(f"relax_steps {bad} are outside the {num_calls} UNet calls of num_steps="
+                                  f"{self.num_steps} (calls 0..{num_calls - 1})")
             return tuple(sorted(set(self.relax_steps)))
         if self.relax_ratio is not None:
             lo, hi = self.relax_ratio
-            n = self.num_steps
-            return tuple(i for i in range(n) if lo <= (i + 0.5) / n <= hi)
+            return tuple(i for i in range(num_calls) if lo <= (i + 0.5) / num_calls <= hi)
         return ()
 
     # -- serialization ----------------------------------------------------------------------------

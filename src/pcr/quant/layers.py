@@ -48,41 +48,55 @@ class WeightQuantizer(nn.Module):
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor quantizer of a layer's input, with its parameters chosen by the current sampling step.
+    """Per-tensor quantizer of a layer's input, with its parameters chosen by the current UNet call of
+    the sampling run (one slot per call; see pcr.pipelines.steps for calls vs steps).
 
     ``steps`` is the UNet's StepTracker. While ``observer`` is set, inputs are passed to it first
-    (calibration); while ``enabled`` is False, inputs pass through unquantized.
+    (calibration); while ``enabled`` is False, inputs pass through unquantized. ``num_steps`` is the
+    num_inference_steps the slots were calibrated for (None: not known, only the call count is checked).
     """
 
-    def __init__(self, num_steps: int, symmetric: bool, steps, step_dependent: bool = True):
+    def __init__(self, num_calls: int, symmetric: bool, steps, step_dependent: bool = True):
         super().__init__()
         self.symmetric = symmetric
         self.steps = steps
-        self.step_dependent = step_dependent  # False: same parameters at every step, any step count
-        self.register_buffer("scale", torch.ones(num_steps))
-        self.register_buffer("zero_point", torch.zeros(num_steps, dtype=torch.int32))
-        self.register_buffer("range", torch.zeros(num_steps, 2))  # observed (lo, hi), for analysis
-        self.bits = [8] * num_steps
+        self.step_dependent = step_dependent  # False: same parameters at every call, any step count
+        self.num_steps: int | None = None
+        self.register_buffer("scale", torch.ones(num_calls))
+        self.register_buffer("zero_point", torch.zeros(num_calls, dtype=torch.int32))
+        self.register_buffer("range", torch.zeros(num_calls, 2))  # observed (lo, hi), for analysis
+        self.bits = [8] * num_calls
         self.enabled = False
         self.observer = None
 
     @property
-    def num_steps(self) -> int:
+    def num_calls(self) -> int:
         return len(self.bits)
 
     def current_step(self) -> int:
-        step, num_steps = self.steps.step, self.steps.num_steps
+        """The slot of this UNet call; a run with another call count is an error naming both step counts."""
+        step, num_calls = self.steps.step, self.steps.num_calls
         if step is None:
             raise RuntimeError("A quantized UNet was called outside a sampling run; wrap the call in "
                                "`with get_step_tracker(unet).at(step):`.")
-        if num_steps is not None and num_steps != self.num_steps:
+        if num_calls is not None and num_calls != self.num_calls:
             if not self.step_dependent:
                 return 0
-            raise StepCountError(
-                f"These activation parameters were calibrated for {self.num_steps} sampling steps, but the "
-                f"pipeline runs {num_steps}. Call it with num_inference_steps={self.num_steps}, or calibrate "
-                f"for {num_steps} steps.")
+            raise StepCountError(self._mismatch(num_calls, self.steps.num_steps))
         return step
+
+    def _mismatch(self, num_calls: int, num_steps: int | None) -> str:
+        calibrated = (f"num_inference_steps={self.num_steps} ({self.num_calls} UNet calls)" if self.num_steps
+                      else f"{self.num_calls} UNet calls")
+        running = (f"num_inference_steps={num_steps} ({num_calls} UNet calls)" if num_steps
+                   else f"{num_calls} UNet calls")
+        if num_steps is not None and num_steps == self.num_steps:
+            return (f"These activation parameters were calibrated for {calibrated}, but the pipeline runs "
+                    f"{running}: the same step count with another scheduler. Use the scheduler they were "
+                    "calibrated with, or recalibrate.")
+        advice = (f"Call it with num_inference_steps={self.num_steps}, or calibrate for {num_steps} steps."
+                  if self.num_steps and num_steps else "Run the step count they were calibrated for, or recalibrate.")
+        return f"These activation parameters were calibrated for {calibrated}, but the pipeline runs {running}. {advice}"
 
     def set_step(self, step: int, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> None:
         """Fix one step's (scale, zero point) from a range, at ``bits`` bits (relaxed steps get more)."""
@@ -110,30 +124,37 @@ class QuantLayerMixin:
 
     weight: nn.Parameter
 
-    def init_quantizers(self, weight_bits: int, weight_symmetric: bool, per_channel: bool, num_steps: int,
+    def init_quantizers(self, weight_bits: int, weight_symmetric: bool, per_channel: bool, num_calls: int,
                         act_symmetric: bool, steps, step_dependent: bool = True) -> None:
         if not isinstance(self, nn.Module) or type(self).__mro__.index(QuantLayerMixin) > type(self).__mro__.index(nn.Module):
             raise TypeError(f"{type(self).__name__}: QuantLayerMixin must come before the torch layer class.")
         self.weight_quantizer = WeightQuantizer(self.weight.shape, weight_bits, weight_symmetric, per_channel)
-        self.act_quantizer = ActQuantizer(num_steps, act_symmetric, steps, step_dependent)
+        self.act_quantizer = ActQuantizer(num_calls, act_symmetric, steps, step_dependent)
         self.quant_weights = False
         self.weight_override = None
-        # the dequantized weight, cached; a buffer so .to() moves it, not saved (codes are)
+        # Keep a dequantized copy of the weight for fast simulated inference (pcr.quantize). Calibration
+        # turns it off: with the float weight and the codes beside it, the copy made calibration peak at
+        # 2x the FP model's memory at SD 1.5 scale; without it the weight is dequantized per call.
+        self.cache_weight = True
+        # the cached copy: a buffer so .to() moves it, not saved (codes are)
         self.register_buffer("weight_q", None, persistent=False)
 
     def set_weight(self, scale: torch.Tensor, zero_point: torch.Tensor, codes: torch.Tensor) -> None:
-        """Fix the weight's codes; the dequantized weight is cached for fast simulated inference."""
+        """Fix the weight's codes (and cache their dequantized weight if ``cache_weight``)."""
         self.weight_quantizer.set(scale, zero_point, codes)
-        self.weight_q = self.weight_quantizer.dequantized(self.weight.dtype).to(self.weight.device)
+        self.weight_q = (self.weight_quantizer.dequantized(self.weight.dtype).to(self.weight.device)
+                         if self.cache_weight else None)
 
     def effective_weight(self) -> torch.Tensor:
         if self.weight_override is not None:  # AdaRound's soft-rounded weight while it is optimised
             return self.weight_override()
         if not self.quant_weights:
             return self.weight
-        if self.weight_q is None:
+        if self.weight_q is not None:
+            return self.weight_q
+        if not self.weight_quantizer.ready:
             raise RuntimeError("Weight quantization is on but the weights are not calibrated yet.")
-        return self.weight_q
+        return self.weight_quantizer.dequantized(self.weight.dtype)
 
     @classmethod
     def from_float(cls, module: nn.Module, **quantizer_args) -> nn.Module:

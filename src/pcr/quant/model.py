@@ -16,6 +16,7 @@ from pcr.pipelines.steps import get_step_tracker
 from pcr.quant.config import QuantConfig
 from pcr.quant.layers import QuantLayerMixin, quant_class
 from pcr.quant.select import quantizable_layers
+from pcr.runtime import MODEL_BUILD_LOCK
 
 __all__ = ["quantize_unet", "unquantize_unet", "quant_layers", "quant_mode", "is_quantized"]
 
@@ -26,12 +27,18 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def quantize_unet(unet: nn.Module, config: QuantConfig, num_steps: int) -> dict[str, QuantLayerMixin]:
-    """Replace the UNet's quantizable layers with quantized ones (all quantization off until enabled).
+def quantize_unet(unet: nn.Module, config: QuantConfig, num_calls: int | None = None, *,
+                  num_steps: int | None = None) -> dict[str, QuantLayerMixin]:
+    """Replace the UNet's quantizable layers with quantized ones (all quantization off until enabled),
+    with one activation-parameter slot per UNet call of a sampling run (``count_unet_calls``;
+    ``num_steps`` is this argument's old name, kept as an alias).
 
     The UNet needs a StepTracker (``pcr.pipelines.load_pipeline`` attaches one, or
     ``StepTracker.attach(pipe)``), because activation parameters are chosen by sampling step.
     """
+    num_calls = num_steps if num_calls is None else num_calls
+    if num_calls is None:
+        raise TypeError("quantize_unet needs num_calls: the UNet calls of one sampling run")
     if is_quantized(unet):
         raise RuntimeError("This UNet is quantized already; call unquantize_unet(unet) first.")
     steps = get_step_tracker(unet)
@@ -39,19 +46,22 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, num_steps: int) -> dict[
         raise RuntimeError("The UNet has no StepTracker. Load the pipeline with pcr.pipelines.load_pipeline, "
                            "or call pcr.pipelines.StepTracker.attach(pipe) before quantizing.")
     args = dict(weight_bits=config.weight_bits, weight_symmetric=config.weight_symmetric,
-                per_channel=config.weight_granularity == "channel", num_steps=num_steps,
+                per_channel=config.weight_granularity == "channel", num_calls=num_calls,
                 act_symmetric=config.act_symmetric, steps=steps)
     layers = {}
-    for name, module in quantizable_layers(unet, config.keep_fp).items():
-        layers[name] = quant_class(module).from_float(module, **args)
-        _set_module(unet, name, layers[name])
+    with MODEL_BUILD_LOCK:  # new modules share the float parameters; see pcr.runtime
+        for name, module in quantizable_layers(unet, config.keep_fp).items():
+            layers[name] = quant_class(module).from_float(module, **args)
+            _set_module(unet, name, layers[name])
     return layers
 
 
 def unquantize_unet(unet: nn.Module) -> None:
     """Put the float layers back; their weights were never modified."""
-    for name, module in list(quant_layers(unet).items()):
-        _set_module(unet, name, module.to_float())
+    with MODEL_BUILD_LOCK:
+        for name, module in list(quant_layers(unet).items()):
+            _set_module(unet, name, module.to_float())
+    unet.__dict__.pop("pcr_calibration", None)  # set by pcr.quantize
 
 
 def quant_layers(unet: nn.Module) -> dict[str, QuantLayerMixin]:

@@ -1,13 +1,15 @@
 """Calibrated quantization parameters: read from a quantized UNet, saved, loaded, applied to a pipeline.
 
 One safetensors file holds every layer's weight codes, scales and zero points and its per-step
-activation parameters; its JSON header holds the QuantConfig, the model, the scheduler and the step
-count they were calibrated for, and fingerprints of the float weights, so putting them on another
-model or step count is a clear error rather than silently wrong images.
+activation parameters; its JSON header holds the QuantConfig, the model, the scheduler, the step
+count and UNet calls and the resolution they were calibrated for, and fingerprints of the float
+weights, so putting them on another model, scheduler or step count is a clear error rather than
+silently wrong images.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,13 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pcr.io import atomic_file
+from pcr.pipelines.sampling import count_unet_calls
 from pcr.pipelines.steps import StepTracker
 from pcr.quant.config import QuantConfig
 from pcr.quant.model import quant_layers, quantize_unet
 from pcr.quant.select import quantizable_layers
 
-__all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "apply_params", "apply_weights", "collect_params",
-           "fingerprint", "load_params", "quantize", "save_params", "trajectory_ranges"]
+__all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "apply_params", "apply_weights", "calibration_summary",
+           "collect_params", "fingerprint", "load_params", "quantize", "save_params", "trajectory_ranges"]
 
 FORMAT = "pcr.quant.params/1"
 TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
@@ -40,15 +43,22 @@ class QuantParams:
     """Everything needed to quantize a pipeline again without calibrating."""
 
     config: QuantConfig
-    act_bits: list[int]  # activation bits per sampling step, relaxed steps included
-    timesteps: list[int]  # the scheduler's timesteps they were calibrated on, in sampling order
+    act_bits: list[int]  # activation bits per UNet call of a sampling run, relaxed calls included
+    timesteps: list[int]  # the scheduler's timestep of each call they were calibrated on, in sampling order
     scheduler: str  # scheduler class name
     model: str  # pipeline spec or class, for provenance
     layers: dict[str, dict[str, torch.Tensor]]  # layer name -> TENSORS
     info: dict = field(default_factory=dict)  # calibration report: timings, sensitivities, ...
+    resolution: list[int] | None = None  # (height, width) in pixels the calibration sampled at
 
     @property
     def num_steps(self) -> int:
+        """num_inference_steps they were calibrated for."""
+        return self.config.num_steps
+
+    @property
+    def num_calls(self) -> int:
+        """UNet calls per sampling run (one activation-parameter slot each)."""
         return len(self.act_bits)
 
     @property
@@ -62,7 +72,9 @@ class QuantParams:
 
     def header(self) -> dict:
         return {"format": FORMAT, "config": self.config.to_dict(), "act_bits": self.act_bits,
-                "timesteps": self.timesteps, "scheduler": self.scheduler, "model": self.model, "info": self.info}
+                "timesteps": self.timesteps, "scheduler": self.scheduler, "model": self.model, "info": self.info,
+                "num_inference_steps": self.num_steps, "num_unet_calls": self.num_calls,
+                "resolution": self.resolution}
 
 
 def fingerprint(weight: torch.Tensor) -> torch.Tensor:
@@ -72,7 +84,8 @@ def fingerprint(weight: torch.Tensor) -> torch.Tensor:
 
 
 def collect_params(unet: torch.nn.Module, config: QuantConfig, act_bits: list[int], timesteps: list[int],
-                   scheduler: str, model: str, info: dict | None = None) -> QuantParams:
+                   scheduler: str, model: str, info: dict | None = None,
+                   resolution: list[int] | None = None) -> QuantParams:
     """Read the calibrated parameters out of a quantized UNet."""
     layers = {}
     for name, layer in quant_layers(unet).items():
@@ -85,7 +98,8 @@ def collect_params(unet: torch.nn.Module, config: QuantConfig, act_bits: list[in
             "fingerprint": fingerprint(layer.weight),
         }
         layers[name] = {k: v.detach().cpu().contiguous() for k, v in layers[name].items()}
-    return QuantParams(config, list(act_bits), [int(t) for t in timesteps], scheduler, model, layers, info or {})
+    return QuantParams(config, list(act_bits), [int(t) for t in timesteps], scheduler, model, layers, info or {},
+                       None if resolution is None else [int(v) for v in resolution])
 
 
 def act_range_rows(params: QuantParams) -> list[dict]:
@@ -123,6 +137,7 @@ def apply_params(unet: torch.nn.Module, params: QuantParams) -> None:
         aq.range = tensors["act_range"].to(device)
         aq.bits = list(params.act_bits)
         aq.step_dependent = params.step_dependent
+        aq.num_steps = params.num_steps
 
 
 def save_params(path: str | os.PathLike, params: QuantParams) -> None:
@@ -155,7 +170,14 @@ def load_params(path: str | os.PathLike) -> QuantParams:
         name, _, kind = key.rpartition(".")
         layers.setdefault(name, {})[kind] = tensor
     return QuantParams(QuantConfig.from_dict(header["config"]), header["act_bits"], header["timesteps"],
-                       header["scheduler"], header["model"], layers, header.get("info", {}))
+                       header["scheduler"], header["model"], layers, header.get("info", {}), header.get("resolution"))
+
+
+def calibration_summary(params: QuantParams) -> dict:
+    """What a quantized model's images depend on, for their provenance."""
+    return {"quant_config_hash": params.config.digest(), "scheduler": params.scheduler,
+            "num_inference_steps": params.num_steps, "num_unet_calls": params.num_calls,
+            "resolution": params.resolution, "avg_act_bits": params.avg_act_bits}
 
 
 def check_compatible(pipe, params: QuantParams) -> None:
@@ -180,18 +202,33 @@ def check_compatible(pipe, params: QuantParams) -> None:
         raise ParamsMismatchError(
             f"The parameters were calibrated for another model ({params.model}); {len(wrong)} layers differ, "
             f"e.g. {wrong[:3]}. Calibrate this model, or load the model they were made for.")
-    scheduler = type(pipe.scheduler).__name__
-    if params.step_dependent and scheduler != params.scheduler:
+    if params.step_dependent:
+        _check_timesteps(pipe.scheduler, params)
+
+
+def _check_timesteps(scheduler, params: QuantParams) -> None:
+    """Per-step parameters belong to the scheduler's timesteps at their step count: another scheduler
+    (or the same one configured otherwise) makes other calls at other timesteps."""
+    name = type(scheduler).__name__
+    probe = copy.deepcopy(scheduler)
+    probe.set_timesteps(params.num_steps, device="cpu")
+    timesteps = [int(t) for t in probe.timesteps]
+    if name != params.scheduler or (params.timesteps and timesteps != params.timesteps):
+        calls = count_unet_calls(scheduler, params.num_steps)
         raise ParamsMismatchError(
-            f"The per-step parameters were calibrated with {params.scheduler} ({params.num_steps} steps), but the "
-            f"pipeline samples with {scheduler}; its steps are other timesteps. Use {params.scheduler} or recalibrate.")
+            f"The per-step parameters were calibrated with {params.scheduler} at num_inference_steps="
+            f"{params.num_steps} ({params.num_calls} UNet calls at timesteps {params.timesteps[:4]}...), but this "
+            f"pipeline's {name} makes {calls} calls at timesteps {timesteps[:4]}... for that step count. Use the "
+            "scheduler (and scheduler config) they were calibrated with, or recalibrate.")
 
 
 def quantize(pipe, params: QuantParams | str | os.PathLike):
     """Make ``pipe``'s UNet quantized with calibrated ``params`` (or a file of them), weights and activations.
 
-    Per-step parameters are then only valid for runs of ``params.num_steps`` steps; another step count
-    stops the first UNet call with an error saying so.
+    Per-step parameters are then only valid for runs of ``params.num_steps`` inference steps (their
+    ``params.num_calls`` UNet calls); another step count stops the first UNet call with an error
+    naming both. ``pipe.unet.pcr_calibration`` records what they were calibrated on (the
+    generation provenance reads it).
     """
     if not isinstance(params, QuantParams):
         params = load_params(params)
@@ -200,8 +237,9 @@ def quantize(pipe, params: QuantParams | str | os.PathLike):
                          "activations with pcr.calibrate.calibrate(..., weights=params) and quantize with that.")
     check_compatible(pipe, params)
     StepTracker.attach(pipe)
-    quantize_unet(pipe.unet, params.config, params.num_steps)
+    quantize_unet(pipe.unet, params.config, params.num_calls)
     apply_params(pipe.unet, params)
+    pipe.unet.pcr_calibration = calibration_summary(params)
     for layer in quant_layers(pipe.unet).values():
         layer.quant_weights, layer.act_quantizer.enabled = True, True
     return pipe

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pcr.io import atomic_dir
+from pcr.runtime import MODEL_BUILD_LOCK
 from pcr.toy import world
 
 __all__ = [
@@ -192,8 +193,10 @@ def load_toy_clip(folder: str | os.PathLike, device: str = "cpu"):
         raise FileNotFoundError(
             f"no toy CLIP in {folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE}; "
             "train one with pcr.toy.clip.train_toy_clip (the workflow's `toy_clip` rule does)")
-    _register(folder / CONFIG_FILE)
-    model, _, preprocess = open_clip.create_model_and_transforms(TOY_CLIP_NAME, pretrained=str(weights), device=device)
+    with MODEL_BUILD_LOCK:  # see pcr.runtime
+        _register(folder / CONFIG_FILE)
+        model, _, preprocess = open_clip.create_model_and_transforms(TOY_CLIP_NAME, pretrained=str(weights),
+                                                                     device=device)
     model.eval()
     return model, preprocess
 
