@@ -102,3 +102,17 @@ def test_missing_and_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="not a safetensors file"):
         load_params(tmp_path / "junk.safetensors")
+
+
+def test_weights_dequantized_per_call_give_the_images_of_cached_ones(params):
+    """calibrate() dequantizes per call (memory), pcr.quantize caches by default (speed): same numbers."""
+    from pcr.quant import quant_layers
+
+    pipe = load_pipeline("tiny-sd")
+    latents = {}
+    for cache in (True, False):
+        pcr.quantize(pipe, params, cache_weights=cache)
+        assert all((layer.weight_q is not None) == cache for layer in quant_layers(pipe.unet).values())
+        latents[cache] = sample_latents(pipe, PROMPTS[:2], [1, 2], 3, 5.0)
+        unquantize_unet(pipe.unet)
+    assert torch.equal(latents[True], latents[False])
