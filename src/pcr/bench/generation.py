@@ -177,7 +177,10 @@ def _model_provenance(pipe, height: int | None, width: int | None) -> dict:
     UNet what its parameters were calibrated on (a resolution that differs is flagged)."""
     from pcr.pipelines.adapters import adapter_for
 
-    sampled = list(adapter_for(pipe).resolve_size(height, width))
+    try:
+        sampled = list(adapter_for(pipe).resolve_size(height, width))
+    except TypeError:  # a family pcr has no adapter for: it samples, but its default size is unknown here
+        sampled = [height, width]
     calibration = getattr(pipe.unet, "pcr_calibration", None)
     out = {"resolution": sampled, "safety_checker": "on" if getattr(pipe, "safety_checker", None) else "off",
            "quantization": calibration}
