@@ -59,17 +59,6 @@ SCHEDULER_CONFIGS = {
         "trained_betas": None,
         "clip_sample": False,
     },
-    "sd15": {
-        "_class_name": "PNDMScheduler",
-        "_diffusers_version": "0.6.0",
-        **_SD1_BETAS,
-        "num_train_timesteps": 1000,
-        "set_alpha_to_one": False,
-        "skip_prk_steps": True,
-        "steps_offset": 1,
-        "trained_betas": None,
-        "clip_sample": False,
-    },
     "sd21": {
         "_class_name": "DDIMScheduler",
         "_diffusers_version": "0.8.0",
@@ -99,6 +88,8 @@ SCHEDULER_CONFIGS = {
         "use_karras_sigmas": False,
     },
 }
+
+SCHEDULER_CONFIGS["sd15"] = {**SCHEDULER_CONFIGS["sd14"], "_diffusers_version": "0.6.0"}  # the rest is identical
 
 # UNet flags of each repo's unet/config.json, same mirrors (SDXL's upcast_attention is null: off).
 _UNET_FLAGS = {
