@@ -1,5 +1,5 @@
 # Config validation, the table of variants (main comparison and ablations), and the target lists.
-# Nothing here imports torch (pcr.quant.config is pure Python; pcr.jobs imports it per job), so
+# Nothing here imports torch (pcr.quant.config is pure Python; pcr.jobs imports torch inside each job), so
 # planning the DAG takes a second. Every rule's work is one pcr.jobs function (see its docstring for
 # why run: blocks and not scripts).
 import hashlib
