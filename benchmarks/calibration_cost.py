@@ -25,12 +25,11 @@ from pathlib import Path
 import torch
 
 import pcr
-from pcr.calibrate.calibration import quantize_for_calibration
 from pcr.calibrate.progressive import calibrate_activations, calibrate_progressive_rerun
 from pcr.calibrate.weights import calibrate_weights
 from pcr.pipelines import load_pipeline
 from pcr.pipelines.sampling import sample_latents
-from pcr.quant import QuantConfig, unquantize_unet
+from pcr.quant import QuantConfig, quantize_unet, unquantize_unet
 from pcr.runtime import use_available_cpus
 from pcr.toy.world import toy_prompts
 
@@ -58,10 +57,10 @@ def measure_memory(args) -> None:
     pipe, texts, seeds, config = setup(args, args.prompts)
     fp_sampling(pipe, texts[:1], seeds[:1], config.replace(num_steps=2))  # warm up allocator and kernels
     if args.measure == "calib":
-        layers = quantize_for_calibration(pipe.unet, config, config.num_steps)  # DDIM: one call per step
+        layers = quantize_unet(pipe.unet, config, config.num_steps, cache_weights=False)  # DDIM: a call per step
         calibrate_weights(layers, "minmax", progress=False)
         with PeakRSS() as peak:
-            calibrate_activations(pipe, layers, texts, seeds, config, config.act_bits_per_step(config.num_steps), progress=False)
+            calibrate_activations(pipe, layers, texts, seeds, config, config.act_bits_per_step(), progress=False)
     else:
         with PeakRSS() as peak:
             fp_sampling(pipe, texts, seeds, config)
@@ -100,12 +99,12 @@ def main():
     fp_sampling(pipe, texts[:1], seeds[:1], config.replace(num_steps=2))  # warm-up
     with torch.no_grad():
         fp = timed(fp_sampling, pipe, texts, seeds, config)
-        layers = quantize_for_calibration(pipe.unet, config, config.num_steps)  # DDIM: one call per step
+        layers = quantize_unet(pipe.unet, config, config.num_steps, cache_weights=False)  # DDIM: a call per step
         weights = timed(calibrate_weights, layers, "minmax", progress=False)
-        one_pass = timed(calibrate_activations, pipe, layers, texts, seeds, config, config.act_bits_per_step(config.num_steps),
+        one_pass = timed(calibrate_activations, pipe, layers, texts, seeds, config, config.act_bits_per_step(),
                          progress=False)
         rerun = None if args.no_rerun else timed(calibrate_progressive_rerun, pipe, layers, texts, seeds, config,
-                                                  config.act_bits_per_step(config.num_steps), progress=False)
+                                                  config.act_bits_per_step(), progress=False)
         unquantize_unet(pipe.unet)
     params = pcr.calibrate.calibrate(pipe, texts, config, progress=False)
     pcr.quantize(pipe, params)

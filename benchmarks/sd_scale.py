@@ -4,10 +4,10 @@ No download: UNets with the real SD 1.5 and SDXL base configs and random weights
 latent size.
 
 Only the UNet is quantized, so only the UNet is real-sized: each pipeline's UNet has its
-checkpoint's config (pcr.pipelines.checkpoints.UNET_CONFIGS, with their sources) and seeded random weights, while the text
-encoders and the VAE are tiny (pcr.pipelines.tiny's, widened where the UNet reads them: a 768-wide
-hidden state for SD 1.5; for SDXL 768 + 1280 = 2048 concatenated and a 1280-wide pooled
-projection; a 4-block VAE, so latents are 1/8 of the image side as in SD). Latents are 16x16 by
+checkpoint's config (pcr.pipelines.checkpoints.UNET_CONFIGS, with their sources) and seeded random
+weights, while the text encoders and the VAE are tiny (pcr.pipelines.tiny's, widened where the UNet
+reads them: a 768-wide hidden state for SD 1.5; for SDXL 768 + 1280 = 2048 concatenated and a
+1280-wide pooled projection; a 4-block VAE, so latents are 1/8 of the image side as in SD). Latents are 16x16 by
 default (128x128 images, ``--latent``): the cost of a UNet call follows the latent area, the size
 of its weights (what calibration's memory is about) does not. Both run a DDIM scheduler with SD's
 betas, guidance 7.5 batched into one UNet call per step, ``--prompts`` P prompts in batches of

@@ -223,17 +223,17 @@ def collect_shards(manifests: list[str], out: str) -> None:
 
 
 @job
-def metrics(images: str, reference: str, prompt_file: str, cost: str | None, toy_clip: str | None, settings: dict,
-            seed: int, paired: bool, run_info: dict, compute: dict, out: str) -> None:
-    """QDiffBench metrics of one folder against the FP folder, with its cost and run labels."""
+def metrics(compute: dict, out: str, *, images: str, reference: str, prompts: str, settings: dict, seed: int,
+            paired: bool, run_info: dict, cost: str | None = None, clip: str | None = None) -> None:
+    """QDiffBench metrics of one folder (``images``: its manifest) against the FP folder, with its cost
+    and run labels; ``clip`` is the toy CLIP folder in the toy world. Keywords: the rule's input and params."""
     from pcr.bench import MetricsConfig, evaluate, read_prompt_set, write_metrics
     from pcr.runtime import resolve_device
 
     settings = {"device": resolve_device(compute["device"]), **settings, "seed": seed}
     # the toy world: its CLIP is the feature network and the CLIP scorer
-    config = MetricsConfig.toy(toy_clip, **settings) if toy_clip else MetricsConfig.from_dict(settings)
-    result = evaluate(Path(images).parent, Path(reference).parent, read_prompt_set(prompt_file), config,
-                      paired=paired)
+    config = MetricsConfig.toy(clip, **settings) if clip else MetricsConfig.from_dict(settings)
+    result = evaluate(Path(images).parent, Path(reference).parent, read_prompt_set(prompts), config, paired=paired)
     spent = json.loads(Path(cost).read_text()) if cost else {
         "weight_bits": 32, "avg_act_bits": 32.0, "bitops_ratio": 1.0, "note": "full precision"}
     write_metrics(out, {**result, "cost": spent, "run": run_info})

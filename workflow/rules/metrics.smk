@@ -4,8 +4,8 @@ rule metrics:
     output:
         "results/metrics/{variant}/{bits}/{pset}.json",
     params:
-        run=run_info,
-        metrics=config["metrics"],
+        run_info=run_info,
+        settings=config["metrics"],
         seed=config["seed"],
         paired=lambda w: w.variant != FLOOR,
     log:
@@ -16,5 +16,4 @@ rule metrics:
     resources:
         **model_resources(),
     run:
-        jobs.metrics(log[0], input.images, input.reference, input.prompts, input.get("cost"), input.get("clip"),
-                     params.metrics, params.seed, params.paired, params.run, config["compute"], output[0])
+        jobs.metrics(log[0], config["compute"], output[0], **input, **params)

@@ -160,11 +160,11 @@ def _feature_metrics(gen_files: list[Path], ref_files: list[Path], config: Metri
     weights = config.toy_clip if config.feature_extractor == TOY_CLIP else config.feature_weights
     # torch-fidelity finds its own weights under TORCH_HOME: part of the cache key
     key = (config.feature_extractor, weights, cuda, os.environ.get("TORCH_HOME"))
-    extractor, layer = cached_network("extractor", lambda name, path, on_cuda, _home: create_extractor(name, path, on_cuda),
-                                      *key)
+    extractor, layer = cached_network(
+        "extractor", lambda name, path, on_cuda, _home: create_extractor(name, path, on_cuda), *key)
     gen_feats = extract_features(extractor, layer, gen_files, config.batch_size, cuda)  # (N, D)
     # the FP reference folder is measured against by every method: its features once per process
-    stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in ref_files)
+    stamp = tuple((str(f), st.st_mtime_ns, st.st_size) for f in ref_files for st in [f.stat()])
     ref_feats = cached_network("features", lambda *_: extract_features(extractor, layer, ref_files, config.batch_size,
                                                                        cuda), *key, stamp)
     kid = kid_features_to_metric(gen_feats, ref_feats, kid_subset_size=min(config.kid_subset_size, n),

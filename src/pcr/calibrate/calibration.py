@@ -18,7 +18,7 @@ from pcr.quant.config import ACT_METHODS, ADAROUND_KEYS, WEIGHT_KEYS, QuantConfi
 from pcr.quant.model import quantize_unet, unquantize_unet
 from pcr.quant.params import QuantParams, apply_weights, collect_params
 
-__all__ = ["calibrate", "calibrate_weights_only", "quantize_for_calibration"]
+__all__ = ["calibrate", "calibrate_weights_only"]
 
 
 def _model_name(pipe) -> str:
@@ -42,11 +42,11 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("calibrate needs a non-empty list of prompt strings.")
-    seeds = [config.seed + i for i in range(len(prompts))]
-    StepTracker.attach(pipe)
-    num_calls = count_unet_calls(pipe.scheduler, config.num_steps)
+    seeds, num_calls = _start(pipe, prompts, config)
     act_bits = config.act_bits_per_step(num_calls)  # checks relax_steps against the calls
-    layers = quantize_for_calibration(pipe.unet, config, num_calls, cache_weights)
+    # no cached weight copy by default: calibration holds the float weights (FP trajectories) and the
+    # codes, and a third copy made it peak at 2.0x FP sampling's memory at SD 1.5 scale (1.26x without)
+    layers = quantize_unet(pipe.unet, config, num_calls, cache_weights=cache_weights)
     info: dict = {"prompts": len(prompts), "dtype": str(pipe.unet.dtype).removeprefix("torch.")}
     try:
         if weights is not None:
@@ -73,10 +73,8 @@ def calibrate_weights_only(pipe, prompts: list[str], config: QuantConfig | dict,
     ``pcr.quantize`` refuses it. ``prompts`` feed AdaRound; min-max and MSE weights do not read them."""
     config = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config)
     prompts = list(prompts)
-    seeds = [config.seed + i for i in range(len(prompts))]
-    StepTracker.attach(pipe)
-    num_calls = count_unet_calls(pipe.scheduler, config.num_steps)
-    layers = quantize_for_calibration(pipe.unet, config, num_calls)
+    seeds, num_calls = _start(pipe, prompts, config)
+    layers = quantize_unet(pipe.unet, config, num_calls, cache_weights=False)
     try:
         info = {"weights_only": True, "prompts": len(prompts),
                 **_calibrate_weights(pipe, layers, prompts, seeds, config, progress)}
@@ -86,14 +84,10 @@ def calibrate_weights_only(pipe, prompts: list[str], config: QuantConfig | dict,
         unquantize_unet(pipe.unet)
 
 
-def quantize_for_calibration(unet, config: QuantConfig, num_calls: int, cache_weights: bool = False) -> dict:
-    """Quantized layers that dequantize their weights per call (unless ``cache_weights``): calibration
-    holds the float weights (FP trajectories) and the codes, and no third copy, so it peaks at 1.26x
-    FP sampling's memory at SD 1.5 scale instead of 2.0x."""
-    layers = quantize_unet(unet, config, num_calls)
-    for layer in layers.values():
-        layer.cache_weight = cache_weights
-    return layers
+def _start(pipe, prompts: list[str], config: QuantConfig) -> tuple[list[int], int]:
+    """(seed of each prompt, UNet calls per sampling run), with the pipeline's StepTracker attached."""
+    StepTracker.attach(pipe)
+    return [config.seed + i for i in range(len(prompts))], count_unet_calls(pipe.scheduler, config.num_steps)
 
 
 def _calibrate_weights(pipe, layers, prompts, seeds, config: QuantConfig, progress: bool) -> dict:

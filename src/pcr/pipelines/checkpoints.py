@@ -28,7 +28,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from pcr.pipelines.tiny import ADDITION_TIME_EMBED_DIM, TEXT, UNET, VAE
 from pcr.tokenizer import clip_tokenizer
 
-__all__ = ["HUB_IDS", "KINDS", "SCHEDULER_CONFIGS", "UNET_CONFIGS", "UNET_PARAMS", "save_tiny_checkpoint", "tiny_checkpoint"]
+__all__ = ["HUB_IDS", "KINDS", "SCHEDULER_CONFIGS", "UNET_CONFIGS", "UNET_PARAMS", "save_tiny_checkpoint",
+           "tiny_checkpoint"]
 
 HUB_IDS = {
     "sd14": "CompVis/stable-diffusion-v1-4",

@@ -27,14 +27,20 @@ from pcr.pipelines.adapters import adapter_for
 from pcr.pipelines.steps import get_step_tracker
 
 __all__ = ["DenoisingBatch", "count_unet_calls", "decode", "final_images", "prepare_batch", "prompt_generators",
-           "run_loop", "sample_latents", "start_batch"]
+           "run_loop", "sample_latents", "scheduler_timesteps", "start_batch"]
+
+
+def scheduler_timesteps(scheduler, num_steps: int) -> list[int]:
+    """The timestep of each UNet call ``scheduler`` makes for ``num_steps`` inference steps (it is
+    left untouched)."""
+    probe = copy.deepcopy(scheduler)
+    probe.set_timesteps(num_steps, device="cpu")
+    return [int(t) for t in probe.timesteps]
 
 
 def count_unet_calls(scheduler, num_steps: int) -> int:
-    """How many UNet calls ``scheduler`` makes for ``num_steps`` inference steps (it is left untouched)."""
-    probe = copy.deepcopy(scheduler)
-    probe.set_timesteps(num_steps, device="cpu")
-    return len(probe.timesteps)
+    """How many UNet calls ``scheduler`` makes for ``num_steps`` inference steps."""
+    return len(scheduler_timesteps(scheduler, num_steps))
 
 
 @dataclass

@@ -96,7 +96,8 @@ class ActQuantizer(nn.Module):
                     "calibrated with, or recalibrate.")
         advice = (f"Call it with num_inference_steps={self.num_steps}, or calibrate for {num_steps} steps."
                   if self.num_steps and num_steps else "Run the step count they were calibrated for, or recalibrate.")
-        return f"These activation parameters were calibrated for {calibrated}, but the pipeline runs {running}. {advice}"
+        return (f"These activation parameters were calibrated for {calibrated}, but the pipeline runs {running}. "
+                f"{advice}")
 
     def set_step(self, step: int, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> None:
         """Fix one step's (scale, zero point) from a range, at ``bits`` bits (relaxed steps get more)."""
@@ -125,7 +126,7 @@ class QuantLayerMixin:
     weight: nn.Parameter
 
     def init_quantizers(self, weight_bits: int, weight_symmetric: bool, per_channel: bool, num_calls: int,
-                        act_symmetric: bool, steps, step_dependent: bool = True) -> None:
+                        act_symmetric: bool, steps, step_dependent: bool = True, cache_weight: bool = True) -> None:
         if not isinstance(self, nn.Module) or type(self).__mro__.index(QuantLayerMixin) > type(self).__mro__.index(nn.Module):
             raise TypeError(f"{type(self).__name__}: QuantLayerMixin must come before the torch layer class.")
         self.weight_quantizer = WeightQuantizer(self.weight.shape, weight_bits, weight_symmetric, per_channel)
@@ -135,7 +136,7 @@ class QuantLayerMixin:
         # Keep a dequantized copy of the weight for fast simulated inference (pcr.quantize). Calibration
         # turns it off: with the float weight and the codes beside it, the copy made calibration peak at
         # 2x the FP model's memory at SD 1.5 scale; without it the weight is dequantized per call.
-        self.cache_weight = True
+        self.cache_weight = cache_weight
         # the cached copy: a buffer so .to() moves it, not saved (codes are)
         self.register_buffer("weight_q", None, persistent=False)
 

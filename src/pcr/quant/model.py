@@ -28,10 +28,11 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantize_unet(unet: nn.Module, config: QuantConfig, num_calls: int | None = None, *,
-                  num_steps: int | None = None) -> dict[str, QuantLayerMixin]:
+                  num_steps: int | None = None, cache_weights: bool = True) -> dict[str, QuantLayerMixin]:
     """Replace the UNet's quantizable layers with quantized ones (all quantization off until enabled),
     with one activation-parameter slot per UNet call of a sampling run (``count_unet_calls``;
-    ``num_steps`` is this argument's old name, kept as an alias).
+    ``num_steps`` is this argument's old name, kept as an alias). ``cache_weights``: each layer keeps a
+    dequantized copy of its weight once set (fast), or dequantizes it per call (less memory).
 
     The UNet needs a StepTracker (``pcr.pipelines.load_pipeline`` attaches one, or
     ``StepTracker.attach(pipe)``), because activation parameters are chosen by sampling step.
@@ -47,7 +48,7 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, num_calls: int | None = 
                            "or call pcr.pipelines.StepTracker.attach(pipe) before quantizing.")
     args = dict(weight_bits=config.weight_bits, weight_symmetric=config.weight_symmetric,
                 per_channel=config.weight_granularity == "channel", num_calls=num_calls,
-                act_symmetric=config.act_symmetric, steps=steps)
+                act_symmetric=config.act_symmetric, steps=steps, cache_weight=cache_weights)
     layers = {}
     with MODEL_BUILD_LOCK:  # new modules share the float parameters; see pcr.runtime
         for name, module in quantizable_layers(unet, config.keep_fp).items():

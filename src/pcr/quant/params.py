@@ -9,7 +9,6 @@ silently wrong images.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,14 +19,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pcr.io import atomic_file
-from pcr.pipelines.sampling import count_unet_calls
+from pcr.pipelines.sampling import scheduler_timesteps
 from pcr.pipelines.steps import StepTracker
 from pcr.quant.config import QuantConfig
 from pcr.quant.model import quant_layers, quantize_unet
 from pcr.quant.select import quantizable_layers
 
-__all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "apply_params", "apply_weights", "calibration_summary",
-           "collect_params", "fingerprint", "load_params", "quantize", "save_params", "trajectory_ranges"]
+__all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "apply_params", "apply_weights",
+           "calibration_summary", "collect_params", "fingerprint", "load_params", "quantize", "save_params",
+           "trajectory_ranges"]
 
 FORMAT = "pcr.quant.params/1"
 TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
@@ -210,16 +210,13 @@ def _check_timesteps(scheduler, params: QuantParams) -> None:
     """Per-step parameters belong to the scheduler's timesteps at their step count: another scheduler
     (or the same one configured otherwise) makes other calls at other timesteps."""
     name = type(scheduler).__name__
-    probe = copy.deepcopy(scheduler)
-    probe.set_timesteps(params.num_steps, device="cpu")
-    timesteps = [int(t) for t in probe.timesteps]
+    timesteps = scheduler_timesteps(scheduler, params.num_steps)
     if name != params.scheduler or (params.timesteps and timesteps != params.timesteps):
-        calls = count_unet_calls(scheduler, params.num_steps)
         raise ParamsMismatchError(
             f"The per-step parameters were calibrated with {params.scheduler} at num_inference_steps="
             f"{params.num_steps} ({params.num_calls} UNet calls at timesteps {params.timesteps[:4]}...), but this "
-            f"pipeline's {name} makes {calls} calls at timesteps {timesteps[:4]}... for that step count. Use the "
-            "scheduler (and scheduler config) they were calibrated with, or recalibrate.")
+            f"pipeline's {name} makes {len(timesteps)} calls at timesteps {timesteps[:4]}... for that step count. "
+            "Use the scheduler (and scheduler config) they were calibrated with, or recalibrate.")
 
 
 def quantize(pipe, params: QuantParams | str | os.PathLike, cache_weights: bool = True):
@@ -241,8 +238,7 @@ def quantize(pipe, params: QuantParams | str | os.PathLike, cache_weights: bool 
                          "activations with pcr.calibrate.calibrate(..., weights=params) and quantize with that.")
     check_compatible(pipe, params)
     StepTracker.attach(pipe)
-    for layer in quantize_unet(pipe.unet, params.config, params.num_calls).values():
-        layer.cache_weight = cache_weights
+    quantize_unet(pipe.unet, params.config, params.num_calls, cache_weights=cache_weights)
     apply_params(pipe.unet, params)
     pipe.unet.pcr_calibration = calibration_summary(params)
     for layer in quant_layers(pipe.unet).values():
