@@ -1,6 +1,6 @@
 """The Snakemake workflow on a fresh copy of the repository: validated configs, the planned DAG of
-every target and profile, and a real tiny run (rerun does nothing; a changed relax ratio reruns
-only its branch)."""
+every target and profile (the experiment's among them), and a real tiny run (rerun does nothing; a
+changed relax interval reruns only its branch; the tiny experiment runs after it)."""
 
 import json
 import os
@@ -70,20 +70,9 @@ def test_default_config_plans_the_main_comparison(tmp_path):
         assert jobs[rule] >= 1, rule
 
 
-def test_the_workflow_shares_weights_on_the_settings_calibrate_checks():
-    """One definition of the weight settings: the DAG planner reads pcr.quant.config's, without torch."""
-    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    assert "from pcr.quant.config import ADAROUND_KEYS, WEIGHT_KEYS, QuantConfig" in common
-    assert not re.search(r"^(WEIGHT_KEYS|ADAROUND_KEYS) =", common, re.M)
-    # what common.smk imports to plan: planning the DAG (and a dry run) must not pay for torch
-    code = "import sys, pcr.quant.config, pcr.jobs, pcr.preflight; assert 'torch' not in sys.modules"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-
-
 def test_ablation_targets_plan_their_variants_and_reuse_the_main_ones(tmp_path):
     workdir = checkout(tmp_path)
-    run = snakemake(workdir, "--dry-run", "ablation_relax_ratio")
+    run = snakemake(workdir, "--dry-run", "ablation_relax_share")
     planned(run)
     calibrations = planned_wildcards(run, "calibrate")
     expected = {f"progressive-relax-{where}-{r}" for where in ("first", "last") for r in (0.1, 0.2, 0.3, 0.5)}
@@ -94,7 +83,10 @@ def test_ablation_targets_plan_their_variants_and_reuse_the_main_ones(tmp_path):
     assert planned_wildcards(run, "calibrate") == {f"variant=progressive-calib-{n}, bits=W4A6" for n in (4, 8, 16)} | {
         "variant=progressive, bits=W4A6"}
     run = snakemake(workdir, "--dry-run", "ablation_relax_auto")
-    assert "variant=progressive-relax-auto-0.2, bits=W4A6" in planned_wildcards(run, "calibrate")
+    auto = planned_wildcards(run, "calibrate")  # at each bit setting, fixed intervals at auto's average bits
+    assert {"variant=progressive-relax-auto-0.2-A6, bits=W4A6", "variant=progressive-relax-auto-0.2-A8, bits=W4A8",
+            "variant=progressive-relax-last-0.2-even, bits=W4A6", "variant=progressive-relax-first-0.2-even, bits=W4A8",
+            } <= auto
     jobs = planned(snakemake(workdir, "--dry-run", "ablation_progressive"))
     assert jobs["act_ranges"] == 1 and jobs["act_ranges_figure"] == 1
     for target in ("ablation_relax_bits", "ablations"):
@@ -127,9 +119,9 @@ def test_bad_configs_name_the_key(tmp_path):
     assert "'stepz' was unexpected" in output(run) and "['toy']['properties']['model']" in output(run)
 
     config = tiny_config()
-    config["quant"]["variants"]["progressive"]["relax_ratoi"] = [0.5, 1.0]
+    config["quant"]["variants"]["progressive"]["relax_intervall"] = [0.5, 1.0]
     run = snakemake(checkout(tmp_path / "b", config), "--dry-run", "all")
-    assert run.returncode != 0 and "'relax_ratoi' was unexpected" in output(run)
+    assert run.returncode != 0 and "'relax_intervall' was unexpected" in output(run)
 
     config = tiny_config()
     config["ablations"]["relax_bits"]["variant"] = "progresive"
@@ -143,8 +135,30 @@ def test_bad_configs_name_the_key(tmp_path):
     assert run.returncode != 0 and "8 is more than the 4 calibration prompts (prompts.calibration.n)" in output(run)
 
 
+def test_the_experiment_plans_each_regime_with_its_own_fp_reference(tmp_path):
+    """The tiny experiment: the default regime (shared with the main comparison) and 3 Euler steps, two
+    methods with and without relaxing, W4A6; planned, not run (tests/test_plan.py checks the plan)."""
+    workdir = checkout(tmp_path, tiny_config())
+    run = snakemake(workdir, "--dry-run", "experiment")
+    jobs = planned(run)
+    runs = {f"variant={v}, bits=W4A6{at}" for v in ("perstep", "perstep+relax", "progressive", "progressive_relax")
+            for at in ("", "@s3_g4_euler")}
+    assert planned_wildcards(run, "calibrate") == runs
+    fp = {f"variant={v}, bits=W32A32{at}, pset=in_domain" for v in ("fp", "fp-reseeded") for at in ("", "@s3_g4_euler")}
+    assert planned_wildcards(run, "generate") == {f"{r}, pset=in_domain" for r in runs} | fp
+    assert jobs["metrics"] == 8 + 2 and jobs["calibrate_weights"] == 1  # min-max weights: shared by the regimes
+    assert jobs["experiment_figure"] == 4 and jobs["experiment_act_ranges"] == 2
+    assert jobs["experiment_table"] == jobs["experiment_deltas_table"] == 1
+    assert planned(snakemake(workdir, "--dry-run", "experiment_s3_g4_euler"))["calibrate"] == 4
+
+    without = tiny_config()
+    del without["experiment"]
+    run = snakemake(checkout(tmp_path / "none", without), "--dry-run", "experiment")
+    assert run.returncode != 0 and "config key experiment: the config has no experiment section" in output(run)
+
+
 @pytest.mark.slow
-def test_tiny_dag_runs_end_to_end_and_a_changed_relax_ratio_reruns_only_its_branch(tmp_path):
+def test_tiny_dag_runs_end_to_end_and_a_changed_relax_interval_reruns_only_its_branch(tmp_path):
     workdir = checkout(tmp_path, tiny_config())
     run = snakemake(workdir, "all", cores=2)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -157,7 +171,8 @@ def test_tiny_dag_runs_end_to_end_and_a_changed_relax_ratio_reruns_only_its_bran
     assert quantized["psnr"].between(5, 80).all() and (quantized["ssim"] <= 1).all()
     assert (table[table["variant"] == "fp-reseeded"]["paired"] == False).all()  # noqa: E712
     relaxed = quantized[quantized["variant"] == "progressive_relax"]
-    assert (relaxed["avg_act_bits"] > 6).all() and (relaxed["relax_where"] == "last").all()
+    assert (relaxed["avg_act_bits"] == 6 + 4 * 2 / 3).all() and (relaxed["relax_where"] == "last").all()
+    assert (relaxed["relax_share"] == 2 / 3).all()  # [0.6, 1.0] of 3 calls: calls 1 and 2, as the reference
     for stem in ("main", "bits", "samples_in_domain", "samples_generalization"):
         assert Image.open(workdir / f"results/figures/{stem}.png").size[0] > 100
         assert (workdir / f"results/figures/{stem}.pdf").read_bytes().startswith(b"%PDF")
@@ -173,8 +188,10 @@ def test_tiny_dag_runs_end_to_end_and_a_changed_relax_ratio_reruns_only_its_bran
     assert report.returncode == 0, report.stderr[-2000:]
     assert (workdir / "report.html").stat().st_size > 10_000
 
+    check_the_tiny_experiment(workdir)
+
     config = tiny_config()
-    config["quant"]["variants"]["progressive_relax"]["relax_ratio"] = [0.3, 1.0]
+    config["quant"]["variants"]["progressive_relax"]["relax_interval"] = [0.9, 1.0]
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     untouched = [workdir / f"results/calib/{v}/W4A6.safetensors" for v in ("perstep", "progressive")]
     untouched += [workdir / f"results/images/{v}/in_domain/00000.png" for v in ("fp/W32A32", "perstep/W4A6",
@@ -188,4 +205,30 @@ def test_tiny_dag_runs_end_to_end_and_a_changed_relax_ratio_reruns_only_its_bran
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
     relaxed = pd.read_csv(workdir / "results/tables/main.csv").query("variant == 'progressive_relax'")
-    assert (relaxed["avg_act_bits"] == 6 + 4 * 2 / 3).all()  # now 2 of the 3 steps at 10 bits
+    assert (relaxed["avg_act_bits"] == 6 + 4 / 3).all()  # now 1 of the 3 calls at 10 bits
+
+
+def check_the_tiny_experiment(workdir: Path) -> None:
+    """The tiny experiment after `all` (about 20 s): the default regime reuses the main comparison's
+    results, the Euler regime samples with Euler, and deltas pair relaxed runs with the relaxed baseline."""
+    run = snakemake(workdir, "experiment", cores=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = pd.read_csv(workdir / "results/tables/experiment.csv")
+    assert list(table["regime"]) == ["s3_g4_own"] * 5 + ["s3_g4_euler"] * 5
+    assert list(table["base_variant"][:5]) == ["fp", "perstep", "perstep", "progressive", "progressive"]
+    assert list(table["relax"][:5]) == [False, False, True, False, True] and (table["n_images"] == 4).all()
+    assert set(table.loc[table["scheduler"] == "euler", "source"]) >= {
+        "results/metrics/perstep+relax/W4A6@s3_g4_euler/in_domain.json"}
+    euler = json.loads((workdir / "results/images/fp/W32A32@s3_g4_euler/in_domain/generation.json").read_text())
+    assert euler["info"]["scheduler"] == "euler"
+    quantized = json.loads((workdir / "results/images/progressive/W4A6@s3_g4_euler/in_domain/generation.json")
+                           .read_text())
+    assert quantized["quantization"]["scheduler"] == "EulerDiscreteScheduler"
+    deltas = pd.read_csv(workdir / "results/tables/experiment_deltas.csv")
+    runs = deltas[deltas["method"] != "fp"]
+    assert set(runs.loc[runs["relax"], "baseline_variant"]) == {"perstep+relax"}
+    assert set(runs.loc[~runs["relax"], "baseline_variant"]) == {"perstep"}
+    assert (runs.loc[runs["variant"] == runs["baseline_variant"], "delta_psnr"] == 0).all()
+    assert runs.loc[runs["variant"] != runs["baseline_variant"], "delta_psnr"].notna().all()
+    for stem in ("s3_g4_euler_relaxed", "s3_g4_own_unrelaxed", "act_ranges_W4A6@s3_g4_euler"):
+        assert Image.open(workdir / f"results/figures/experiment/{stem}.png").size[0] > 100

@@ -24,8 +24,9 @@ from pathlib import Path
 from pcr.io import atomic_file
 from pcr.runtime import MODEL_BUILD_LOCK, job_log, use_available_cpus
 
-__all__ = ["act_ranges", "calibrate", "calibrate_weights", "collect_shards", "evaluate_toy", "figure", "generate",
-           "metrics", "prompts", "sample_grid", "table", "toy_sample_grid", "train_toy_clip", "train_toy_model"]
+__all__ = ["act_ranges", "calibrate", "calibrate_weights", "collect_shards", "delta_table", "evaluate_toy",
+           "experiment_deltas", "experiment_figure", "experiment_table", "figure", "generate", "metrics", "prompts",
+           "sample_grid", "table", "toy_sample_grid", "train_toy_clip", "train_toy_model"]
 
 
 def job(fn):
@@ -152,27 +153,32 @@ def toy_sample_grid(model: str, grid: str, prompt_list: str, sample: dict, rows:
 # -- calibration ------------------------------------------------------------------------------------
 @job
 def calibrate_weights(spec: str, model_config: str | None, prompt_file: str, calib_size: int, quant: dict,
-                      compute: dict, out: str) -> None:
-    """The weight step, shared by every variant with the same weight settings."""
+                      compute: dict, out: str, scheduler: str | None = None) -> None:
+    """The weight step, shared by every variant with the same weight settings. ``scheduler`` (a short
+    name, None: the checkpoint's own) matters to AdaRound only, which samples FP trajectories."""
     from pcr.bench import read_prompt_set
     from pcr.calibrate import calibrate_weights_only
+    from pcr.pipelines.schedulers import use_scheduler
     from pcr.quant import save_params
 
     chosen = read_prompt_set(prompt_file, calib_size or None)
-    with _pipeline(compute, spec, model_config) as pipe:
+    with _pipeline(compute, spec, model_config) as pipe, use_scheduler(pipe, scheduler):
         save_params(out, calibrate_weights_only(pipe, list(chosen), quant, model=spec))
 
 
 @job
 def calibrate(spec: str, model_config: str | None, prompt_file: str, weights: str, calib_size: int, quant: dict,
-              compute: dict, out: str, cost: str) -> None:
-    """One variant's activation calibration on the shared weights, and its cost report."""
+              compute: dict, out: str, cost: str, scheduler: str | None = None) -> None:
+    """One variant's activation calibration on the shared weights, and its cost report, sampled with
+    ``scheduler`` (a short name of pcr.pipelines.schedulers; None: the checkpoint's own). The saved
+    parameters record its class and timesteps, so generation with another scheduler is refused."""
     from pcr.bench import cost_report, read_prompt_set
     from pcr.calibrate import calibrate as run
+    from pcr.pipelines.schedulers import use_scheduler
     from pcr.quant import load_params, save_params
 
     chosen = read_prompt_set(prompt_file, calib_size)
-    with _pipeline(compute, spec, model_config) as pipe:
+    with _pipeline(compute, spec, model_config) as pipe, use_scheduler(pipe, scheduler):
         params = run(pipe, list(chosen), quant, model=spec, weights=load_params(weights))
         report = cost_report(pipe.unet, params.config, params.act_bits)
     params.info["prompt_set"] = chosen.name
@@ -196,15 +202,21 @@ def act_ranges(fp_trajectory: str, quantized_trajectory: str, out: str) -> None:
 @job
 def generate(sampling: dict, model_config: str | None, prompt_file: str, params: str | None, shard: tuple,
              compute: dict, manifest: str) -> None:
-    """One image folder (or one shard of it), FP when ``params`` is None."""
+    """One image folder (or one shard of it), FP when ``params`` is None, sampled with
+    ``sampling["scheduler"]`` where given (a short name; absent: the checkpoint's own)."""
     import pcr
     from pcr.bench import generate as run
     from pcr.bench import read_prompt_set
+    from pcr.pipelines.schedulers import use_scheduler
     from pcr.quant import load_params
 
     chosen = read_prompt_set(prompt_file)
+    scheduler = sampling.get("scheduler")
     info = {"model": sampling["spec"], "prompt_set": chosen.name, "quant_config_hash": None}
-    with _pipeline({**compute, "dtype": sampling["dtype"]}, sampling["spec"], model_config) as pipe:
+    if scheduler is not None:  # absent for the checkpoint's own: folders of before stay valid
+        info["scheduler"] = scheduler
+    with (_pipeline({**compute, "dtype": sampling["dtype"]}, sampling["spec"], model_config) as pipe,
+          use_scheduler(pipe, scheduler)):
         if params is not None:
             loaded = load_params(params)
             info.update(quant_config_hash=loaded.config.digest(),
@@ -248,6 +260,13 @@ def table(metrics_files: list[str], csv: str, markdown: str) -> None:
 
 
 @job
+def delta_table(metrics_files: list[str], baseline: str, csv: str, markdown: str) -> None:
+    from pcr.report import write_delta_table
+
+    write_delta_table(list(metrics_files), baseline, csv, markdown)
+
+
+@job
 def figure(kind: str, source: str, png: str) -> None:
     from pcr.report import draw_figure
 
@@ -263,3 +282,61 @@ def sample_grid(reference: str, images: list[str], prompt_file: str, labels: lis
     texts = json.loads(Path(prompt_file).read_text(encoding="utf-8"))["prompts"]
     draw(dict(zip(labels, folders, strict=True)), Path(png).with_suffix(""), list(range(min(rows, len(texts)))),
          prompts=texts)
+
+
+# -- the experiment: runs across sampling regimes ----------------------------------------------------
+# Columns each metrics file's row gets from the plan (pcr.plan.ExperimentRun.columns), before
+# pcr.report.metrics_table's: regime, steps, guidance, scheduler, base_variant (the method of
+# experiment.methods; metrics_table's `method` is its activation calibration method) and relax.
+RUN_COLUMNS = ["regime", "steps", "guidance", "scheduler", "base_variant", "relax"]
+
+
+def _run_columns(metrics_files: list[str], columns: list[dict]):
+    import pandas as pd
+
+    if len(columns) != len(metrics_files):
+        raise ValueError(f"{len(columns)} column rows for {len(metrics_files)} metrics files; give one per file")
+    return pd.DataFrame([{k: c[k] for k in RUN_COLUMNS} for c in columns]).assign(
+        source=[str(f) for f in metrics_files])
+
+
+@job
+def experiment_table(metrics_files: list[str], columns: list[dict], csv: str, markdown: str) -> None:
+    """Every run of the experiment: its regime and relaxing columns, then metrics_table's."""
+    from pcr.report import metrics_table, write_table
+
+    runs = _run_columns(metrics_files, columns)
+    table = metrics_table(list(metrics_files))
+    write_table(runs.drop(columns="source").join(table), csv, markdown)
+
+
+@job
+def experiment_deltas(metrics_files: list[str], columns: list[dict], csv: str, markdown: str) -> None:
+    """Paired deltas against the baseline of each run's regime and relaxing (its columns' "baseline"):
+    one pcr.report.delta_table per (regime, baseline), the regime and relaxing columns first."""
+    import pandas as pd
+
+    from pcr.report import delta_table, write_table
+
+    runs = _run_columns(metrics_files, columns)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(columns):
+        groups.setdefault((c["regime"], c["baseline"]), []).append(i)
+    parts = [delta_table([metrics_files[i] for i in rows], baseline) for (_, baseline), rows in groups.items()]
+    deltas = pd.concat(parts, ignore_index=True)
+    write_table(deltas.merge(runs, on="source", how="left")[RUN_COLUMNS + list(deltas.columns)], csv, markdown)
+
+
+@job
+def experiment_figure(deltas_csv: str, relaxed: bool, png: str) -> None:
+    """One regime's deltas, unrelaxed or relaxed methods (each against its own baseline), as the main
+    figure draws them; the FP floor rows give the FID noise floor."""
+    import pandas as pd
+
+    from pcr.report import main_figure
+
+    df = pd.read_csv(deltas_csv)
+    chosen = df[(df["relax"].astype(str) == str(relaxed)) | (df["method"] == "fp")]
+    regime = df["regime"].iloc[0]
+    title = f"{regime}{', relaxed' if relaxed else ''}: each method's paired difference to its baseline"
+    main_figure(chosen, Path(png).with_suffix(""), title)

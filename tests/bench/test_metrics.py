@@ -11,6 +11,8 @@ from pcr.bench.metrics import (
     MetricsConfig,
     bootstrap_interval,
     evaluate,
+    fid_interval,
+    kid_subset_size,
     paired_psnr_ssim,
     read_metrics,
     write_metrics,
@@ -44,13 +46,22 @@ def test_identical_folders(toy_set, reference, config, tmp_path):
     assert m["clip_score"] == m["clip_score_reference"]
     lo, hi = m["clip_score_ci95"]
     assert lo <= m["clip_score"] <= hi
+    assert m["clip_score_delta"] == 0 and m["clip_score_delta_ci95"] == [0, 0]
+    assert m["psnr_ci95"] == [float("inf")] * 2 and m["ssim_ci95"] == pytest.approx([1, 1], abs=1e-6)
     assert result["provenance"]["prompt_set"] == "toy:eval_in" and result["provenance"]["n_images"] == 12
+    per_image = m["per_image"]
+    assert per_image["psnr"] == [float("inf")] * 12 and per_image["ssim"] == pytest.approx([1.0] * 12, abs=1e-6)
+    assert per_image["clip_score"] == per_image["clip_score_reference"]
+    assert np.mean(per_image["clip_score"]) == pytest.approx(m["clip_score"])
 
     path = write_metrics(tmp_path / "metrics.json", result)
     text = path.read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert '"psnr": "inf"' in text
-    assert read_metrics(path)["metrics"]["psnr"] == float("inf")
+    back = read_metrics(path)["metrics"]
+    assert back["psnr"] == float("inf")
+    assert back["per_image"] == per_image  # inf PSNRs survive as "inf" in the file
+    assert back["psnr_ci95"] == m["psnr_ci95"] and back["kid_subset_size"] == 6
 
 
 def test_psnr_pools_the_squared_error_so_one_identical_image_does_not_make_it_infinite(
@@ -63,6 +74,11 @@ def test_psnr_pools_the_squared_error_so_one_identical_image_does_not_make_it_in
     n = len(prompts)
     assert m["psnr_identical"] == 1 and m["psnr_mean_per_image"] == float("inf")
     assert m["psnr"] == pytest.approx(20 * np.log10(255 / 5) + 10 * np.log10(n / (n - 1)))
+    psnr = m["per_image"]["psnr"]
+    assert psnr[0] == float("inf") and psnr[1:] == pytest.approx([20 * np.log10(255 / 5)] * (n - 1))
+    # finite though one pair is identical: its interval is over the pooled PSNR too
+    lo, hi = m["psnr_ci95"]
+    assert np.isfinite(hi) and lo <= m["psnr"] <= hi and lo < hi
 
 
 def test_growing_noise_gives_monotone_metrics(toy_set, reference, save_images, config, tmp_path):
@@ -75,6 +91,14 @@ def test_growing_noise_gives_monotone_metrics(toy_set, reference, save_images, c
         assert all(sign * (b - a) > 0 for a, b in zip(values, values[1:], strict=False)), (key, values)
     assert abs(results[0]["fid"]) < 1e-3 * results[1]["fid"]  # identical: 0 up to rounding
     assert results[1]["psnr"] > 25 > results[-1]["psnr"]
+    for m in results[1:]:
+        for key in ("fid", "psnr", "ssim", "clip_score_delta"):
+            lo, hi = m[f"{key}_ci95"]
+            assert lo <= m[key] <= hi, (key, m[key], lo, hi)
+        clip, ref = (np.array(m["per_image"][k]) for k in ("clip_score", "clip_score_reference"))
+        assert m["clip_score_delta"] == pytest.approx((clip - ref).mean())
+        assert m["clip_score_delta"] == pytest.approx(m["clip_score"] - m["clip_score_reference"])
+        assert np.mean(m["per_image"]["ssim"]) == pytest.approx(m["ssim"])
 
 
 def test_fid_and_kid_equal_torch_fidelitys_own(toy_set, reference, save_images, config, tmp_path, bench_clip_dir):
@@ -83,11 +107,52 @@ def test_fid_and_kid_equal_torch_fidelitys_own(toy_set, reference, save_images, 
     folder = save_images(tmp_path / "noise", noisy(toy_set[1], 30))
     ours = evaluate(folder, reference, toy_set[0], config, progress=False)["metrics"]
     theirs = torch_fidelity.calculate_metrics(
-        input1=str(folder), input2=str(reference), fid=True, kid=True, kid_subset_size=len(toy_set[0]),
+        input1=str(folder), input2=str(reference), fid=True, kid=True, kid_subset_size=len(toy_set[0]) // 2,
         feature_extractor="toy-clip", feature_extractor_weights_path=str(bench_clip_dir), cuda=False, cache=False,
         verbose=False, save_cpu_ram=True, batch_size=config.batch_size, rng_seed=config.seed)
     assert ours["fid"] == theirs["frechet_inception_distance"]
-    assert ours["kid"] == theirs["kernel_inception_distance_mean"]
+    assert ours["kid"] == theirs["kernel_inception_distance_mean"] and ours["kid_subset_size"] == 6
+
+
+def test_kid_subsets_are_at_most_half_the_images(toy_set, reference, config):
+    assert [kid_subset_size(n, 1000) for n in (7, 8, 13, 5000)] == [None, 4, 6, 1000]
+    assert kid_subset_size(64, 10) == 10
+    m = evaluate(reference, reference, toy_set[0][:7], config, progress=False)["metrics"]
+    assert m["kid"] is None and m["kid_std"] is None and m["kid_subset_size"] is None
+    assert m["fid"] == pytest.approx(0, abs=1e-3)  # the rest is still measured
+
+
+def gaussian_features(shift, n=64, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, dim))
+    b = rng.normal(size=(n, dim)) * (1 + shift) + shift
+    return torch.from_numpy(a), torch.from_numpy(b)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5, 2.0])
+def test_fid_interval_contains_its_estimate(shift):
+    from pcr.bench.metrics import _fid
+
+    for seed in range(3):
+        a, b = gaussian_features(shift, seed=seed)
+        fid = _fid(a, b)
+        lo, hi = fid_interval(a, b, 50, seed=seed)
+        assert 0 <= lo <= fid <= hi, (seed, fid, lo, hi)
+        assert fid_interval(a, b, 50, seed=seed, estimate=fid) == [lo, hi]
+        assert hi - lo > 0.05 * fid  # an interval, not the point
+
+
+def test_plain_bootstrap_of_fid_misses_its_estimate():
+    """Why fid_interval corrects its bootstrap: resampling with replacement repeats images and
+    inflates FID, so the plain percentile interval lies above FID for samples of one distribution."""
+    from pcr.bench.metrics import _fid
+
+    a, b = gaussian_features(0.0)
+    fid = _fid(a, b)
+    plain = bootstrap_interval(len(a), lambda i: _fid(a[torch.from_numpy(i)], b[torch.from_numpy(i)]), 50)
+    assert plain[0] > fid
+    assert fid_interval(a, b, 50)[0] <= fid
+    assert fid_interval(a, b, 0) is None
 
 
 def test_generated_folders_carry_provenance(config, tmp_path):
@@ -121,6 +186,7 @@ def test_fid_to_real_images(toy_set, reference, save_images, config, tmp_path):
                                                                       bootstrap=0), progress=False)["metrics"]
     assert m["n_real_images"] == 12 and m["fid_real"] == m["fid_real_reference"] > 0
     assert m["fid_ci95"] is None and m["clip_score_ci95"] is None
+    assert m["psnr_ci95"] is m["ssim_ci95"] is m["clip_score_delta_ci95"] is None
 
 
 def test_paired_psnr_ssim_known_values():
@@ -140,6 +206,16 @@ def test_bootstrap_interval_is_seeded():
     assert interval == bootstrap_interval(20, lambda i: values[i].mean(), 50, seed=3)
     assert interval[0] < values.mean() < interval[1]
     assert bootstrap_interval(20, lambda i: 0.0, 0) is None
+
+
+def test_bootstrap_interval_bias_correction_shifts_by_the_mean_bias():
+    values = np.arange(20.0)
+    plain = bootstrap_interval(20, lambda i: values[i].max(), 50, seed=1)  # max: biased low when resampled
+    draws = np.random.default_rng(1).integers(0, 20, size=(50, 20))
+    bias = np.mean([values[i].max() for i in draws]) - values.max()
+    shifted = bootstrap_interval(20, lambda i: values[i].max(), 50, seed=1, estimate=values.max())
+    assert shifted == pytest.approx([plain[0] - bias, plain[1] - bias])
+    assert bias < 0 and plain[1] == values.max() < shifted[1]
 
 
 def test_missing_images_and_bad_config_are_clear_errors(toy_set, reference, config, tmp_path):

@@ -48,8 +48,8 @@ def test_same_config_gives_the_same_parameters(any_pipe):
 
 
 def test_config_from_a_dict_names_bad_keys():
-    config = QuantConfig.from_dict({"method": "qdiff", "weight_bits": 4, "relax_ratio": [0.8, 1.0]})
-    assert config.relax_ratio == (0.8, 1.0) and config.per_step is False and config.act_observer == "mse"
+    config = QuantConfig.from_dict({"method": "qdiff", "weight_bits": 4, "relax_interval": [0.8, 1.0]})
+    assert config.relax_interval == (0.8, 1.0) and config.per_step is False and config.act_observer == "mse"
     assert QuantConfig.from_dict(config.to_dict()) == config
     assert config.digest() == QuantConfig.from_dict(config.to_dict()).digest() != QuantConfig().digest()
     with pytest.raises(ConfigError, match="act_bit"):

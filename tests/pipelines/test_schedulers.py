@@ -82,7 +82,7 @@ def test_the_shared_loop_equals_the_pipeline(pipe):
 
 def test_calibrated_parameters_round_trip_at_the_same_step_count(pipe, tmp_path):
     config = dict(weight_bits=4, act_bits=6, method="progressive", num_steps=STEPS, guidance_scale=5.0, batch_size=2,
-                  relax_ratio=(0.6, 1.0))
+                  relax_interval=(0.6, 1.0))
     params = calibrate(pipe, PROMPTS, config, progress=False)
     n = pipe.expected_calls(STEPS)
     assert (params.num_steps, params.num_calls, len(params.timesteps)) == (STEPS, n, n)

@@ -12,7 +12,7 @@ from pcr.quant import ParamsMismatchError, QuantConfig, load_params, quant_mode,
 
 PROMPTS = ["a red circle on the left", "two blue squares", "a small green triangle"]
 CONFIG = QuantConfig(weight_bits=4, act_bits=6, num_steps=3, guidance_scale=5.0, batch_size=2,
-                     relax_ratio=(0.0, 0.4))
+                     relax_interval=(0.0, 0.4))  # calls 0 and 1 (int(3 * 0.4) = 1), the reference's rounding
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def params():
 def test_round_trip_is_exact(params, tmp_path):
     save_params(tmp_path / "p.safetensors", params)
     loaded = load_params(tmp_path / "p.safetensors")
-    assert loaded.config == params.config and loaded.act_bits == params.act_bits == [10, 6, 6]
+    assert loaded.config == params.config and loaded.act_bits == params.act_bits == [10, 10, 6]
     assert loaded.timesteps == params.timesteps and loaded.scheduler == "DDIMScheduler"
     assert loaded.model == "tiny-sd" and loaded.info["prompts"] == 3
     assert set(loaded.layers) == set(params.layers)
@@ -84,11 +84,36 @@ def test_another_scheduler_or_step_count_is_refused(params):
 
 def test_shared_parameters_without_relaxing_run_at_any_step_count():
     pipe = load_pipeline("tiny-sd")
-    params = calibrate(pipe, PROMPTS[:2], CONFIG.replace(method="naive", relax_ratio=None), progress=False)
+    params = calibrate(pipe, PROMPTS[:2], CONFIG.replace(method="naive", relax_interval=None), progress=False)
     assert not params.step_dependent
     pcr.quantize(pipe, params)
     pipe.set_progress_bar_config(disable=True)
     pipe(PROMPTS[0], num_inference_steps=5, guidance_scale=5.0)
+
+
+def test_a_file_saved_before_relax_interval_was_named_loads_as_it_relaxed(params, tmp_path):
+    """Files written before the rename hold relax_ratio (and no relax_rounding) in their config header,
+    and the act bits of pcr's centre rounding then: [0, 0.4] of 3 calls relaxed call 0 only."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    save_params(tmp_path / "new.safetensors", params)
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as f:
+        header = json.loads(f.metadata()["pcr"])
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    config = header["config"]
+    config["relax_ratio"] = config.pop("relax_interval")
+    del config["relax_rounding"]
+    header["act_bits"] = [10, 6, 6]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"pcr": json.dumps(header)})
+    old = load_params(tmp_path / "old.safetensors")
+    assert old.config.relax_interval == old.config.relax_ratio == (0.0, 0.4)
+    assert old.config.relaxed_steps(3) == (0,) and old.act_bits == [10, 6, 6]
+    pipe = pcr.quantize(load_pipeline("tiny-sd"), tmp_path / "old.safetensors")
+    sample_latents(pipe, PROMPTS[:1], [0], 3, 5.0)
+    unquantize_unet(pipe.unet)
 
 
 def test_missing_and_foreign_files_are_clear_errors(tmp_path):

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pcr.report import draw_figure, metrics_table, write_table
+from pcr.report import draw_figure, metrics_table, write_delta_table, write_table
 
 
 def check(paths, stem):
@@ -12,21 +12,25 @@ def check(paths, stem):
     assert paths[1].read_bytes().startswith(b"%PDF")
 
 
-def test_main_and_bits_kinds_read_the_table_csv(table, tmp_path):
+def test_main_and_bits_kinds_read_the_table_csv(table, run_paths, tmp_path):
     csv = write_table(table, tmp_path / "tables" / "main.csv")[0]
-    for kind in ["main", "bits", "ablation_progressive"]:
+    for kind in ["bits", "ablation_progressive"]:
         check(draw_figure(kind, csv, tmp_path / "figures" / kind), tmp_path / "figures" / kind)
+    with pytest.raises(ValueError, match="delta table"):  # the main figure reads main_deltas.csv
+        draw_figure("main", csv, tmp_path / "figures" / "main")
+    deltas = write_delta_table(run_paths, "progressive (PCR)", tmp_path / "tables" / "main_deltas.csv")[0]
+    check(draw_figure("main", deltas, tmp_path / "figures" / "main"), tmp_path / "figures" / "main")
 
 
-def test_relax_ratio_ablation_is_a_sweep_by_where(make_doc, write_doc, tmp_path):
+def test_relax_share_ablation_is_a_sweep_by_where(make_doc, write_doc, tmp_path):
     points = [("none", 0.0, 4.0), ("first", 0.1, 3.5), ("first", 0.2, 3.8), ("last", 0.1, 3.0), ("last", 0.2, 2.0)]
     paths = [write_doc("floor", make_doc("fp", "FP", "in_domain", 0.3, 20.0))]
     paths += [write_doc(f"{where}-{ratio}", make_doc("progressive", "W4A6", "in_domain", fid, 25.0 + ratio,
-                                                      knobs={"relax_where": where, "relax_ratio": ratio}))
+                                                      knobs={"relax_where": where, "relax_share": ratio}))
               for where, ratio, fid in points]
-    csv = write_table(metrics_table(paths), tmp_path / "ablation_relax_ratio.csv")[0]
-    stem = tmp_path / "ablation_relax_ratio"
-    check(draw_figure("ablation_relax_ratio", csv, stem), stem)
+    csv = write_table(metrics_table(paths), tmp_path / "ablation_relax_share.csv")[0]
+    stem = tmp_path / "ablation_relax_share"
+    check(draw_figure("ablation_relax_share", csv, stem), stem)
     with pytest.raises(ValueError, match="no column 'calib_size'"):  # a sweep needs its knob column
         draw_figure("ablation_calib_size", csv, tmp_path / "calib")
 

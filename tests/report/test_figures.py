@@ -3,8 +3,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pcr.report import (act_range_figure, bar_figure, bits_figure, main_figure, range_drift, sample_grid,
-                        sweep_figure)
+from pcr.report import (
+    act_range_figure,
+    bar_figure,
+    bits_figure,
+    fid_psnr_figure,
+    main_figure,
+    range_drift,
+    sample_grid,
+    sweep_figure,
+)
 
 
 def assert_written(paths, stem):
@@ -18,23 +26,54 @@ def assert_written(paths, stem):
     return size
 
 
-def test_main_figure(table, tmp_path):
+def test_main_figure_draws_deltas_to_the_baseline(deltas, tmp_path):
     stem = tmp_path / "figures" / "main"
-    assert_written(main_figure(table, stem), stem)
+    assert_written(main_figure(deltas, stem), stem)
+    runs = deltas[deltas.method != "fp"]  # no FP floor, one prompt set, an infinite FID bound
+    one = runs[runs.prompt_set == "in_domain"].assign(fid_lo=0.0)
+    assert_written(main_figure(one, tmp_path / "one_set"), tmp_path / "one_set")
 
 
-def test_main_figure_without_fp_row_or_intervals(table, tmp_path):
-    runs = table[table.method != "fp"].drop(columns=["fid_lo", "fid_hi"])
-    stem = tmp_path / "main_runs"
-    assert_written(main_figure(runs, stem), stem)
+def test_main_figure_panels_and_baseline_line(deltas, tmp_path, monkeypatch):
+    import pcr.report.deltas
+
+    drawn = []
+    monkeypatch.setattr(pcr.report.deltas, "save_figure", lambda fig, stem: drawn.append(fig) or [])
+    main_figure(deltas, tmp_path / "x")
+    axes = [ax for ax in drawn[0].axes if ax.get_visible()]
+    assert len(axes) == 2 * 4  # two bit settings x (Δ PSNR, Δ SSIM, Δ CLIP, FID)
+    assert "method − naive (one range)" in axes[0].get_ylabel() and axes[3].get_yscale() == "log"
+    # the baseline is the zero line, not a point: only the other method is on the delta axes
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["progressive\n(PCR)"]
+    assert any(list(line.get_ydata()) == [0, 0] for line in axes[0].get_lines())
+    low, high = axes[0].get_ylim()
+    row = deltas[(deltas.variant == "progressive") & (deltas.bits == "W8A8")]
+    assert low <= 0 and high >= row["delta_psnr_hi"].max() and high < 2 * row["delta_psnr_hi"].max()
 
 
-def test_main_figure_rejects_ambiguous_rows(table, tmp_path):
+def test_main_figure_rejects_tables_it_cannot_draw(deltas, table, tmp_path):
+    with pytest.raises(ValueError, match="delta table"):
+        main_figure(table, tmp_path / "metrics_table")
     with pytest.raises(ValueError, match="W8A8"):
-        main_figure(pd.concat([table, table.iloc[[0]]]), tmp_path / "dup")
+        main_figure(pd.concat([deltas, deltas.iloc[[1]]]), tmp_path / "dup")
     with pytest.raises(ValueError, match="no quantized rows"):
-        main_figure(table[table.method == "fp"], tmp_path / "fp_only")
+        main_figure(deltas[deltas.method == "fp"], tmp_path / "fp_only")
+    two = deltas.copy()
+    two.loc[two.bits == "W4A6", "baseline_label"] = "other"
+    with pytest.raises(ValueError, match="one baseline"):
+        main_figure(two, tmp_path / "two")
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_fid_psnr_figure(table, tmp_path):
+    stem = tmp_path / "figures" / "bars"
+    assert_written(fid_psnr_figure(table, stem), stem)
+    runs = table[table.method != "fp"].drop(columns=["fid_lo", "fid_hi", "psnr_lo", "psnr_hi"])
+    assert_written(fid_psnr_figure(runs, tmp_path / "runs"), tmp_path / "runs")
+    with pytest.raises(ValueError, match="W8A8"):
+        fid_psnr_figure(pd.concat([table, table.iloc[[0]]]), tmp_path / "dup")
+    with pytest.raises(ValueError, match="no quantized rows"):
+        fid_psnr_figure(table[table.method == "fp"], tmp_path / "fp_only")
 
 
 def ranges(drifts: dict[str, float], steps=5) -> pd.DataFrame:
@@ -69,11 +108,11 @@ def test_act_range_figure_picks_largest_drift_layers(tmp_path):
 
 def test_sweep_figure(table, tmp_path):
     sweep = table.copy()
-    sweep.loc[sweep.variant == "progressive", "relax_ratio"] = [0.1, 0.2, 0.1, 0.2]
-    stem = tmp_path / "sweep_relax_ratio"
-    assert_written(sweep_figure(sweep, "relax_ratio", stem, "FID and PSNR vs share of relaxed steps"), stem)
+    sweep.loc[sweep.variant == "progressive", "relax_share"] = [0.1, 0.2, 0.1, 0.2]
+    stem = tmp_path / "sweep_relax_share"
+    assert_written(sweep_figure(sweep, "relax_share", stem, "FID and PSNR vs share of relaxed steps"), stem)
     stem = tmp_path / "sweep_bits_hue"
-    assert_written(sweep_figure(sweep, "relax_ratio", stem, "by bits", metrics=("ssim",), hue="bits"), stem)
+    assert_written(sweep_figure(sweep, "relax_share", stem, "by bits", metrics=("ssim",), hue="bits"), stem)
     with pytest.raises(ValueError, match="no column 'relax_bits'"):
         sweep_figure(table, "relax_bits", tmp_path / "missing", "x")
     with pytest.raises(ValueError, match="share"):  # two W8A8 points at one calib_size per prompt set

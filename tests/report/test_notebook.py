@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pcr.report import metrics_table, write_table
+from pcr.report import metrics_table, write_delta_table, write_table
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "main_figure.ipynb"
 
@@ -21,6 +21,7 @@ def test_notebook_redraws_main_figure_from_results(run_paths, tmp_path, monkeypa
     (root / "workflow").mkdir(parents=True)
     (root / "workflow" / "Snakefile").touch()
     write_table(metrics_table(run_paths), root / "results" / "tables" / "main.csv")
+    write_delta_table(run_paths, "naive", root / "results" / "tables" / "main_deltas.csv")  # the figure's table
     (root / "notebooks").mkdir()
     monkeypatch.chdir(root / "notebooks")  # where Jupyter starts it: the root is found by walking up
 

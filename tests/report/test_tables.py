@@ -19,7 +19,7 @@ def test_read_metrics_json_decodes_non_finite_numbers_only(make_doc, write_doc):
 
 
 def test_metrics_table_columns_and_order(table, run_paths):
-    knobs = ["calib_size", "relax_ratio", "relax_where"]  # first-seen order over the files
+    knobs = ["calib_size", "relax_share", "relax_where"]  # first-seen order over the files
     assert list(table.columns) == [*BASE_COLUMNS, *knobs, "source"]
     assert list(table["source"]) == [str(p) for p in run_paths]
     assert len(table) == 10
@@ -45,19 +45,30 @@ def test_metrics_table_missing_values_are_nan(table):
     assert inf_row["psnr"] == math.inf
     assert math.isnan(inf_row["fid_lo"]) and math.isnan(inf_row["fid_hi"])  # fid_ci95: null
     assert table["clip_lo"].isna().all() and table["clip_hi"].isna().all()  # clip_score_ci95 absent
+    assert table[["psnr_lo", "ssim_hi", "clip_score_delta", "clip_delta_lo"]].isna().all().all()
     fp = table[table.method == "fp"]
     assert fp["kid"].isna().all() and not fp["paired"].any() and (fp["weight_bits"] == 32).all()
     # knobs: NaN where a file lacks the key
-    assert fp[["calib_size", "relax_ratio", "relax_where"]].isna().all().all()
+    assert fp[["calib_size", "relax_share", "relax_where"]].isna().all().all()
     prog = table[table.variant == "progressive"]
     assert (prog["calib_size"] == 32).all()
     assert list(prog["relax_where"].fillna("-")) == ["-", "last", "-", "last"]
 
 
+def test_metrics_table_intervals_of_paired_metrics(make_doc, write_doc):
+    doc = make_doc("naive", "W8A8", "in_domain", 1.0, 30.0)
+    doc["metrics"].update(psnr_ci95=[29.5, "inf"], ssim_ci95=[0.85, 0.95], clip_score_delta=-0.5,
+                          clip_score_delta_ci95=[-0.9, -0.1])
+    row = metrics_table([write_doc("x", doc)]).iloc[0]
+    assert (row["psnr_lo"], row["psnr_hi"]) == (29.5, math.inf)
+    assert (row["ssim_lo"], row["ssim_hi"]) == (0.85, 0.95)
+    assert (row["clip_score_delta"], row["clip_delta_lo"], row["clip_delta_hi"]) == (-0.5, -0.9, -0.1)
+
+
 def test_metrics_table_list_knob_is_json_text(make_doc, write_doc):
-    doc = make_doc("progressive", "W4A6", "in_domain", 1.0, 30.0, knobs={"relax_ratio": [0.8, 1.0]})
+    doc = make_doc("progressive", "W4A6", "in_domain", 1.0, 30.0, knobs={"relax_interval": [0.8, 1.0]})
     df = metrics_table([write_doc("x", doc)])
-    assert json.loads(df.loc[0, "relax_ratio"]) == [0.8, 1.0]
+    assert json.loads(df.loc[0, "relax_interval"]) == [0.8, 1.0]
 
 
 @pytest.mark.parametrize("block", ["run", "metrics"])
@@ -103,7 +114,7 @@ def test_write_table_csv_round_trips_and_markdown_has_numbers(table, tmp_path):
     assert write_table(table, csv, md) == [csv, md]
     back = pd.read_csv(csv)
     assert list(back.columns) == list(table.columns)
-    for column in ["fid", "fid_lo", "psnr", "kid", "avg_act_bits", "relax_ratio", "weight_bits"]:
+    for column in ["fid", "fid_lo", "psnr", "kid", "avg_act_bits", "relax_share", "weight_bits"]:
         np.testing.assert_array_equal(back[column].to_numpy(float), table[column].to_numpy(float))
     assert list(back["label"]) == list(table["label"]) and list(back["paired"]) == list(table["paired"])
     text = md.read_text().splitlines()

@@ -1,4 +1,4 @@
-SHARDS = SAMPLING["shards"]
+SHARDS = config["sampling"]["shards"]
 
 if SHARDS == 1:
 

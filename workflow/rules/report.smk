@@ -11,6 +11,23 @@ rule main_table:
         jobs.table(log[0], list(input), output.csv, output.markdown)
 
 
+# The main figure's baseline method (REPORT_BASELINE): config report.baseline (a variant name or label),
+# by default "perstep", or the first variant where there is no perstep; checked by pcr.plan.
+rule main_deltas_table:
+    input:
+        main_metrics(),
+    output:
+        csv="results/tables/main_deltas.csv",
+        markdown="results/tables/main_deltas.md",
+    params:
+        baseline=REPORT_BASELINE,
+    log:
+        "logs/main_deltas_table.log",
+    localrule: True
+    run:
+        jobs.delta_table(log[0], list(input), params.baseline, output.csv, output.markdown)
+
+
 rule ablation_table:
     input:
         lambda w: ablation_metrics(w.name),
@@ -27,7 +44,8 @@ rule ablation_table:
 
 rule figure:
     input:
-        "results/tables/{table}.csv",
+        # the main figure shows paired differences to the baseline: their table, not main.csv
+        lambda w: f"results/tables/{'main_deltas' if w.table == 'main' else w.table}.csv",
     output:
         png=report("results/figures/{table}.png", caption="../report/figures.rst", category="Figures"),
         pdf="results/figures/{table}.pdf",
@@ -81,7 +99,7 @@ rule sample_grid:
         png=report("results/figures/samples_{pset}.png", caption="../report/samples.rst", category="Samples"),
         pdf="results/figures/samples_{pset}.pdf",
     params:
-        labels=lambda w: ["FP"] + [f"{VARIANTS[v]['label']} {lowest_bits()}" for v in MAIN_VARIANTS],
+        labels=lambda w: ["FP"] + [f"{PLAN.label(v)} {lowest_bits()}" for v in MAIN_VARIANTS],
         rows=config["report"]["grid_prompts"],
     log:
         "logs/sample_grid/{pset}.log",
@@ -89,3 +107,96 @@ rule sample_grid:
     run:
         jobs.sample_grid(log[0], input.reference, list(input.images), input.prompts, params.labels, params.rows,
                          output.png)
+
+
+# -- the experiment (config experiment:): tables of every run, paired deltas, figures per regime --------
+rule experiment_table:
+    input:
+        lambda w: experiment_runs()[0],
+    output:
+        csv="results/tables/experiment.csv",
+        markdown="results/tables/experiment.md",
+    params:
+        columns=lambda w: experiment_runs()[1],
+    log:
+        "logs/experiment_table.log",
+    localrule: True
+    run:
+        jobs.experiment_table(log[0], list(input), params.columns, output.csv, output.markdown)
+
+
+rule experiment_deltas_table:
+    input:
+        lambda w: experiment_runs()[0],
+    output:
+        csv="results/tables/experiment_deltas.csv",
+        markdown="results/tables/experiment_deltas.md",
+    params:
+        columns=lambda w: experiment_runs()[1],
+    log:
+        "logs/experiment_deltas_table.log",
+    localrule: True
+    run:
+        jobs.experiment_deltas(log[0], list(input), params.columns, output.csv, output.markdown)
+
+
+rule experiment_regime_table:
+    input:
+        lambda w: experiment_runs(w.regime)[0],
+    output:
+        csv="results/tables/experiment/{regime}.csv",
+        markdown="results/tables/experiment/{regime}.md",
+    params:
+        columns=lambda w: experiment_runs(w.regime)[1],
+    log:
+        "logs/experiment_table/{regime}.log",
+    localrule: True
+    run:
+        jobs.experiment_table(log[0], list(input), params.columns, output.csv, output.markdown)
+
+
+rule experiment_regime_deltas_table:
+    input:
+        lambda w: experiment_runs(w.regime)[0],
+    output:
+        csv="results/tables/experiment/{regime}_deltas.csv",
+        markdown="results/tables/experiment/{regime}_deltas.md",
+    params:
+        columns=lambda w: experiment_runs(w.regime)[1],
+    log:
+        "logs/experiment_deltas_table/{regime}.log",
+    localrule: True
+    run:
+        jobs.experiment_deltas(log[0], list(input), params.columns, output.csv, output.markdown)
+
+
+rule experiment_figure:
+    input:
+        "results/tables/experiment/{regime}_deltas.csv",
+    output:
+        png=report("results/figures/experiment/{regime}_{relax}.png", caption="../report/experiment.rst",
+                   category="Experiment", subcategory="{regime}"),
+        pdf="results/figures/experiment/{regime}_{relax}.pdf",
+    params:
+        relaxed=lambda w: w.relax == "relaxed",
+    log:
+        "logs/experiment_figure/{regime}_{relax}.log",
+    localrule: True
+    run:
+        jobs.experiment_figure(log[0], input[0], params.relaxed, output.png)
+
+
+rule experiment_act_ranges_figure:
+    input:
+        "results/tables/experiment/act_ranges_{bits}.csv",
+    output:
+        png=report("results/figures/experiment/act_ranges_{bits}.png", caption="../report/act_ranges.rst",
+                   category="Experiment", subcategory="activation ranges"),
+        pdf="results/figures/experiment/act_ranges_{bits}.pdf",
+    params:
+        kind="act_ranges",
+    log:
+        "logs/figure/experiment_act_ranges_{bits}.log",
+    localrule: True
+    run:
+        jobs.figure(log[0], params.kind, input[0], output.png)

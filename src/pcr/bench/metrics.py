@@ -1,7 +1,9 @@
 """QDiffBench metrics of one generated folder against the full-precision folder of the same prompts
 and seeds: FID and KID (torch-fidelity), CLIP score (open_clip), paired PSNR and SSIM, optional FID
 to real images, and bootstrap intervals where cheap. Results are JSON with their provenance, so
-tables can be rebuilt from results/ alone.
+tables can be rebuilt from results/ alone. The per-image values (metrics["per_image"]: PSNR, SSIM,
+CLIP score of each image and of its FP reference, in prompt order) are kept so that a report can
+compare two methods image by image (pcr.report.delta_table) without torch.
 
 JSON has no infinity: identical image pairs have PSNR = inf, so non-finite numbers are written as
 the strings "inf", "-inf" and "nan"; read_metrics turns them back into floats.
@@ -27,9 +29,11 @@ from pcr.bench.generation import SEED_RULE, SETTINGS, image_name
 from pcr.bench.prompts import prompts_digest
 from pcr.io import atomic_file
 
-__all__ = ["MetricsConfig", "bootstrap_interval", "evaluate", "paired_psnr_ssim", "read_metrics", "write_metrics"]
+__all__ = ["MetricsConfig", "bootstrap_interval", "evaluate", "fid_interval", "kid_subset_size", "paired_psnr_ssim",
+           "pooled_psnr", "read_metrics", "write_metrics"]
 
 FID_BOOTSTRAP_MAX_DIM = 512  # above this, one FID's eigendecomposition costs seconds: no automatic bootstrap
+KID_MIN_IMAGES = 8  # below this, two halves of the images are too few subsets for KID to mean anything
 # Settings that must agree between the evaluated and the reference folder for images to pair up.
 PAIRED_SETTINGS = ("seed", "seed_rule", "count", "prompts_sha256", "height", "width")
 
@@ -44,7 +48,7 @@ class MetricsConfig:
     toy_clip: str | None = None  # the toy CLIP folder, for "toy-clip"
     clip_model: str = "ViT-L-14"  # open_clip model name, or "toy-clip"
     clip_pretrained: str = "openai"  # open_clip tag or checkpoint file
-    kid_subset_size: int = 1000  # capped at the image count
+    kid_subset_size: int = 1000  # capped at half the image count (see kid_subset_size())
     kid_subsets: int = 100
     bootstrap: int = 100  # resamples for the 95% intervals; 0 turns them off
     bootstrap_fid: bool | None = None  # None: only when the features have <= 512 dimensions (cheap)
@@ -98,14 +102,30 @@ def paired_psnr_ssim(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.n
     return psnr, ssim_values
 
 
-def bootstrap_interval(n: int, statistic, resamples: int, seed: int = 0) -> list[float] | None:
-    """95% percentile interval of statistic(indices) over `resamples` draws of n indices with replacement."""
+def bootstrap_interval(n: int, statistic, resamples: int, seed: int = 0,
+                       estimate: float | None = None) -> list[float] | None:
+    """95% percentile interval of statistic(indices) over `resamples` draws of n indices with replacement.
+
+    With `estimate` (the statistic on all n), the draws are first shifted by the bootstrap's mean bias,
+    mean(draws) - estimate: for a statistic that resampling itself biases (FID, see fid_interval)."""
     if resamples < 1 or n < 2:
         return None
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)])
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)], dtype=float)
+    if estimate is not None:
+        values = values - (values.mean() - estimate)
     lo, hi = np.percentile(values, [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+def pooled_psnr(mse: np.ndarray) -> float:
+    """PSNR (dB) of the mean squared error over all pairs: inf only if every pair is identical."""
+    with np.errstate(divide="ignore"):
+        return float(10 * np.log10(255.0**2 / np.mean(mse)))
+
+
+def _mse(psnr: np.ndarray) -> np.ndarray:
+    return 255.0**2 / 10 ** (np.asarray(psnr, dtype=float) / 10)  # inf dB -> 0
 
 
 def _fid(f1: torch.Tensor, f2: torch.Tensor) -> float:
@@ -113,6 +133,35 @@ def _fid(f1: torch.Tensor, f2: torch.Tensor) -> float:
 
     stats = [fid_features_to_statistics(f) for f in (f1, f2)]
     return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
+
+
+def fid_interval(gen_feats: torch.Tensor, ref_feats: torch.Tensor, resamples: int, seed: int = 0,
+                 estimate: float | None = None) -> list[float] | None:
+    """95% interval of FID by a bias-corrected paired bootstrap (image i and its reference stay together).
+
+    Why corrected: a resample with replacement repeats images, which shrinks the feature covariances'
+    effective sample size and inflates FID, so plain percentiles sat above the estimate (FP floor:
+    0.0777 in [0.082, 0.196]). Shifting the resampled FIDs by their mean bias, mean(FID*) - FID, keeps
+    the spread and centres it on the estimate. Subsampling without replacement was not chosen: its
+    bias grows as the subsets shrink and undoing it needs an assumed convergence rate. The lower end
+    is clipped at 0 (FID is a squared distance)."""
+    estimate = _fid(gen_feats, ref_feats) if estimate is None else estimate
+
+    def resampled(i: np.ndarray) -> float:
+        i = torch.from_numpy(i)
+        return _fid(gen_feats[i], ref_feats[i])
+
+    interval = bootstrap_interval(len(gen_feats), resampled, resamples, seed, estimate=estimate)
+    if interval is None:
+        return None
+    floor = min(0.0, estimate)
+    return [max(interval[0], floor), max(interval[1], floor)]
+
+
+def kid_subset_size(n: int, configured: int) -> int | None:
+    """KID's subset size for n images: at most n // 2, so the subsets differ (with n of n every subset
+    was the whole set and KID the same -0.0026 for every row); None below KID_MIN_IMAGES images."""
+    return None if n < KID_MIN_IMAGES else min(configured, n // 2)
 
 
 def _settings(folder: Path) -> dict | None:
@@ -167,18 +216,17 @@ def _feature_metrics(gen_files: list[Path], ref_files: list[Path], config: Metri
     stamp = tuple((str(f), st.st_mtime_ns, st.st_size) for f in ref_files for st in [f.stat()])
     ref_feats = cached_network("features", lambda *_: extract_features(extractor, layer, ref_files, config.batch_size,
                                                                        cuda), *key, stamp)
-    kid = kid_features_to_metric(gen_feats, ref_feats, kid_subset_size=min(config.kid_subset_size, n),
-                                 kid_subsets=config.kid_subsets, rng_seed=config.seed, verbose=False)
-    metrics = {"fid": _fid(gen_feats, ref_feats), "kid": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD]}
-
-    def resampled_fid(i: np.ndarray) -> float:  # paired: image i and its reference stay together
-        i = torch.from_numpy(i)
-        return _fid(gen_feats[i], ref_feats[i])
-
+    subset = kid_subset_size(n, config.kid_subset_size)
+    metrics = {"fid": _fid(gen_feats, ref_feats), "kid": None, "kid_std": None, "kid_subset_size": subset}
+    if subset is not None:
+        kid = kid_features_to_metric(gen_feats, ref_feats, kid_subset_size=subset, kid_subsets=config.kid_subsets,
+                                     rng_seed=config.seed, verbose=False)
+        metrics.update(kid=kid[KEY_METRIC_KID_MEAN], kid_std=kid[KEY_METRIC_KID_STD])
     fid_boot = config.bootstrap_fid
     if fid_boot is None:
         fid_boot = gen_feats.shape[1] <= FID_BOOTSTRAP_MAX_DIM
-    metrics["fid_ci95"] = bootstrap_interval(n, resampled_fid, config.bootstrap, config.seed) if fid_boot else None
+    metrics["fid_ci95"] = (fid_interval(gen_feats, ref_feats, config.bootstrap, config.seed, metrics["fid"])
+                           if fid_boot else None)
     if config.real_images_dir is not None:
         real = Path(config.real_images_dir)
         real_files = glob_samples_paths(str(real), False, "png,jpg,jpeg", verbose=False) if real.is_dir() else []
@@ -207,20 +255,38 @@ def _paired_metrics(gen_files: list[Path], ref_files: list[Path], texts: list[st
         psnr.append(p)
         ssim.append(s)
     clip, clip_ref, psnr, ssim = (np.concatenate(v) for v in (clip, clip_ref, psnr, ssim))
-    with np.errstate(divide="ignore"):
-        pooled = 10 * np.log10(255.0**2 / np.mean(255.0**2 / 10 ** (psnr / 10)))  # from the pairs' mean MSE
+    return _paired_summary(clip, clip_ref, psnr, ssim, config), scorer.name
+
+
+def _paired_summary(clip: np.ndarray, clip_ref: np.ndarray, psnr: np.ndarray, ssim: np.ndarray,
+                    config: MetricsConfig) -> dict:
+    """Means, 95% intervals over the image pairs, and the per-image values they come from."""
+    n, boot, seed = len(psnr), config.bootstrap, config.seed
+    mse = _mse(psnr)
+    # PSNR's interval is the mean MSE's, mapped through the (decreasing) PSNR: no inf - inf when most
+    # pairs are identical
+    mse_ci = bootstrap_interval(n, lambda i: mse[i].mean(), boot, seed)
+    clip_delta = clip - clip_ref
     return {
+        # spread of the prompts' scores, not a difference between methods: see clip_score_delta
         "clip_score": float(clip.mean()),
-        "clip_score_ci95": bootstrap_interval(len(clip), lambda i: clip[i].mean(), config.bootstrap, config.seed),
+        "clip_score_ci95": bootstrap_interval(n, lambda i: clip[i].mean(), boot, seed),
         "clip_score_reference": float(clip_ref.mean()),
+        # paired by prompt: the quantized image's score minus its FP image's
+        "clip_score_delta": float(clip_delta.mean()),
+        "clip_score_delta_ci95": bootstrap_interval(n, lambda i: clip_delta[i].mean(), boot, seed),
         # PSNR of the mean squared error over all pairs: finite unless every pair is identical. The
         # mean of per-image PSNRs is inf as soon as one 8-bit image comes out identical (near-lossless
         # settings do that), so it is kept beside it, not as the headline.
-        "psnr": float(pooled),
+        "psnr": pooled_psnr(mse),
+        "psnr_ci95": None if mse_ci is None else [pooled_psnr(np.array([m])) for m in mse_ci[::-1]],
         "psnr_mean_per_image": float(psnr.mean()),
         "psnr_identical": int(np.isinf(psnr).sum()),
         "ssim": float(ssim.mean()),
-    }, scorer.name
+        "ssim_ci95": bootstrap_interval(n, lambda i: ssim[i].mean(), boot, seed),
+        "per_image": {"psnr": psnr.tolist(), "ssim": ssim.tolist(), "clip_score": clip.tolist(),
+                      "clip_score_reference": clip_ref.tolist()},
+    }
 
 
 @torch.no_grad()

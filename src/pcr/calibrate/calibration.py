@@ -106,14 +106,15 @@ def _calibrate_weights(pipe, layers, prompts, seeds, config: QuantConfig, progre
 
 
 def _relax_auto(pipe, layers, prompts, seeds, config: QuantConfig, info: dict, progress: bool) -> list[int]:
-    """Measure step sensitivity on the first batch of prompts, relax the best steps; progressive
-    calibration is redone, since relaxing a step changes the quantized trajectory after it."""
+    """Measure step sensitivity on every calibration prompt, relax the best steps; per-step calibration
+    is redone where the observed model quantizes activations (a relaxed step changes the quantized
+    trajectory after it, or the upstream activations inside it)."""
     start = time.perf_counter()
-    first = slice(0, config.batch_size)
-    sensitivity = step_gains(pipe, layers, prompts[first], seeds[first], config, progress)
+    sensitivity = step_gains(pipe, layers, prompts, seeds, config, progress)
     relaxed = pick_relaxed_steps(sensitivity["gains"], config)
     act_bits = config.act_bits_per_step(len(sensitivity["gains"]), relaxed)
-    if ACT_METHODS[config.method]["trajectory"] == "quantized":
+    quantized_inside = ACT_METHODS[config.method]["trajectory"] == "quantized" or config.act_observation != "fp"
+    if quantized_inside:  # relaxed steps change what later steps (or layers) observe: calibrate again
         calibrate_activations(pipe, layers, prompts, seeds, config, act_bits, progress)
     else:
         for step in relaxed:

@@ -1,7 +1,8 @@
 """Text-to-image pipelines that pcr quantizes, loaded from one spec string.
 
 Every pipeline comes back with a StepTracker attached to its UNet, so quantized layers can read
-the current sampling step during any pipeline call (see pcr.pipelines.steps).
+the current sampling step during any pipeline call (see pcr.pipelines.steps). ``use_scheduler``
+swaps in another sampler by short name for a while (pcr.pipelines.schedulers).
 
 Specs:
   toy:<folder>                   the toy shapes-world pipeline, as saved by ToyPipeline.save_pretrained
@@ -18,12 +19,14 @@ from pathlib import Path
 import torch
 
 from pcr.pipelines.hub import _LOAD_ERRORS, PipelineLoadError, load_sd, load_sdxl
+from pcr.pipelines.schedulers import SCHEDULERS, use_scheduler
 from pcr.pipelines.steps import StepTracker, get_step_tracker
 from pcr.pipelines.tiny import tiny_sd, tiny_sdxl
 from pcr.runtime import MODEL_BUILD_LOCK, resolve_device, torch_dtype
 from pcr.tokenizer import clip_tokenizer
 
 __all__ = [
+    "SCHEDULERS",
     "PipelineLoadError",
     "StepTracker",
     "clip_tokenizer",
@@ -31,6 +34,7 @@ __all__ = [
     "load_pipeline",
     "tiny_sd",
     "tiny_sdxl",
+    "use_scheduler",
 ]
 
 SPEC_FORMS = ("toy:<folder>", "sd:<hub id, folder or file>", "sdxl:<hub id, folder or file>", "tiny-sd", "tiny-sdxl")

@@ -6,19 +6,35 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
-__all__ = ["ACT_METHODS", "ADAROUND_KEYS", "OBSERVERS", "WEIGHT_KEYS", "WEIGHT_METHODS", "QuantConfig", "ConfigError"]
+from pcr.quant.relaxing import ROUNDINGS, RelaxSpec
 
-# Activation calibration methods: (parameters per step?, trajectory, default observer, steps observed).
+__all__ = ["ACT_METHODS", "ADAROUND_KEYS", "OBSERVE_ACTS", "OBSERVE_WEIGHTS", "OBSERVERS", "WEIGHT_KEYS",
+           "WEIGHT_METHODS", "QuantConfig", "ConfigError"]
+
+# Activation calibration methods: parameters per step?, the trajectory observed, default observer, steps
+# observed, and the default observation (what the observed model quantizes; see observe_* below).
+# perstep and progressive default to the reference code's (tsa18/PCR) semantics: per-step ranges of the
+# FP model on the FP trajectory, then a progressive pass that observes with weights quantized and every
+# upstream activation fake-quantized with the first pass's parameters, never recalibrating the last call.
 ACT_METHODS = {
-    "naive": dict(per_step=False, trajectory="fp", observer="minmax", steps="all"),
-    "qdiff": dict(per_step=False, trajectory="fp", observer="mse", steps="uniform"),
-    "ptq4dm": dict(per_step=False, trajectory="fp", observer="mse", steps="skewed_normal"),
-    "perstep": dict(per_step=True, trajectory="fp", observer="ema", steps="all"),
-    "progressive": dict(per_step=True, trajectory="quantized", observer="ema", steps="all"),
+    "naive": dict(per_step=False, trajectory="fp", observer="minmax", steps="all", weights="quantized", acts="fp"),
+    "qdiff": dict(per_step=False, trajectory="fp", observer="mse", steps="uniform", weights="quantized", acts="fp"),
+    "ptq4dm": dict(per_step=False, trajectory="fp", observer="mse", steps="skewed_normal", weights="quantized",
+                   acts="fp"),
+    "perstep": dict(per_step=True, trajectory="fp", observer="ema", steps="all", weights="fp", acts="fp"),
+    "progressive": dict(per_step=True, trajectory="quantized", observer="ema", steps="all", weights="quantized",
+                        acts="first_pass"),
 }
 OBSERVERS = ("minmax", "ema", "percentile", "mse")
+# What the observed model quantizes while a layer's input is observed: its weights (fp | quantized), and
+# the activations upstream of the layer in the same UNet call: fp (not quantized), first_pass (quantized
+# with the call's parameters from a first pass of per-step ranges observed on the FP model and trajectory:
+# the reference's progressive pass), or sequential (layers fixed in call order, each observed with every
+# upstream layer quantized with its final parameters of that call).
+OBSERVE_WEIGHTS = ("fp", "quantized")
+OBSERVE_ACTS = ("fp", "first_pass", "sequential")
 WEIGHT_METHODS = ("minmax", "mse", "adaround")
 GRANULARITIES = ("channel", "tensor")
 # What a weight calibration depends on: configs that agree on these share one (the workflow's
@@ -31,6 +47,9 @@ class ConfigError(ValueError):
     """A quantization config key is missing, unknown or out of range; the message names it."""
 
 
+_OLD_NAME_UNSET = object()  # relax_ratio not given (None given means "no interval")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """What is quantized and how it is calibrated.
@@ -39,10 +58,16 @@ class QuantConfig:
     are kept per UNet call, and the scheduler decides how many calls N steps make (PNDM N + 1, Heun
     2N - 1, most others N; ``pcr.pipelines.sampling.count_unet_calls``), so what depends on the
     count takes ``num_calls``. Calls are counted in sampling order: call 0 sees pure noise (x_T),
-    the last one is near x_0; ``relax_steps`` are call indices and ``relax_ratio`` a share of the
-    calls. The paper relaxes the last 20% for SD (``relax_ratio=(0.8, 1.0)``) and the first 20% for
-    SDXL (``(0.0, 0.2)``). ``height``/``width`` are the calibration images' size in pixels (None: the
-    pipeline's default); the profile's sampling size belongs there.
+    the last one is near x_0; ``relax_steps`` are call indices and ``relax_interval`` an interval of
+    the run as shares of its calls, turned into calls by ``relax_rounding`` (pcr.quant.relaxing; the
+    reference code's rule by default). The paper relaxes the last 20% for SD (``relax_interval=(0.8,
+    1.0)``) and the first 20% for SDXL (``(0.0, 0.2)``). ``height``/``width`` are the calibration
+    images' size in pixels (None: the pipeline's default); the profile's sampling size belongs there.
+
+    ``relax_ratio`` is the old name of ``relax_interval``, kept so code and saved parameters that use
+    it still work: given, it sets ``relax_interval`` and, unless ``relax_rounding`` is given too, the
+    rounding it always had (``centre``), so an old file's config still names the calls it relaxed.
+    ``config.relax_ratio`` reads ``relax_interval``.
     """
 
     weight_bits: int = 8
@@ -53,7 +78,11 @@ class QuantConfig:
     keep_fp: tuple[str, ...] = ("conv_in", "conv_out")  # fnmatch patterns on UNet module names
     method: str = "progressive"  # activation calibration, a key of ACT_METHODS
     observer: str | None = None  # None: the method's default
-    ema_momentum: float = 0.9  # ema observer: new = m * old + (1 - m) * batch
+    ema_momentum: float = 0.99  # ema observer: new = m * old + (1 - m) * batch (the reference: 0.99)
+    observe_weights: str | None = None  # fp | quantized; None: the method's default (ACT_METHODS)
+    observe_acts: str | None = None  # fp | first_pass | sequential; None: the method's default
+    recalibrate_last: bool | None = None  # with a first pass: observe the last call again (None: the
+    # reference's choice, no: its re-run loop stops one call short); without one it is always observed
     percentile: float = 99.99  # percentile observer: the range is [100 - p, p] percentiles
     uniform_steps: int = 10  # qdiff: how many steps, evenly spaced, are observed
     ptq4dm_draws: int = 64  # ptq4dm: how many steps are drawn from its skewed normal
@@ -61,7 +90,8 @@ class QuantConfig:
     weight_method: str = "minmax"  # minmax | mse | adaround (AdaRound/BRECQ block reconstruction)
     weight_iters: int = 500  # adaround: optimisation steps per block
     weight_samples: int = 128  # adaround: (prompt, step) inputs drawn from the FP trajectory
-    relax_ratio: tuple[float, float] | None = None  # relax steps with (i + 0.5) / N in [lo, hi]
+    relax_interval: tuple[float, float] | None = None  # relax the calls of this [lo, hi] share of the run
+    relax_rounding: str | None = None  # reference | centre (pcr.quant.relaxing); None: reference
     relax_steps: tuple[int, ...] | None = None  # or relax these step indices
     relax_auto_bits: float | None = None  # or pick steps by measured sensitivity, this average bit budget
     relax_bits: int = 10
@@ -71,8 +101,11 @@ class QuantConfig:
     width: int | None = None
     seed: int = 0
     batch_size: int = 8
+    relax_ratio: InitVar[tuple[float, float] | None] = _OLD_NAME_UNSET  # the old name of relax_interval
 
-    def __post_init__(self):
+    def __post_init__(self, relax_ratio=_OLD_NAME_UNSET):
+        if relax_ratio is not _OLD_NAME_UNSET:
+            self._take_old_relax_name(relax_ratio)
         for key in ("weight_bits", "act_bits", "relax_bits"):
             bits = getattr(self, key)
             if not isinstance(bits, int) or not 2 <= bits <= 16:
@@ -82,6 +115,7 @@ class QuantConfig:
         if self.observer is not None:
             _choice("observer", self.observer, OBSERVERS)
         _choice("weight_method", self.weight_method, WEIGHT_METHODS)
+        self._check_observation()
         for key in ("num_steps", "batch_size", "uniform_steps", "ptq4dm_draws", "weight_iters", "weight_samples"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
@@ -89,17 +123,9 @@ class QuantConfig:
             raise ConfigError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        given = [k for k in ("relax_ratio", "relax_steps", "relax_auto_bits") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ConfigError(f"give at most one of relax_ratio, relax_steps, relax_auto_bits; got {given}")
-        if self.relax_ratio is not None:
-            lo, hi = self.relax_ratio
-            if not 0.0 <= lo <= hi <= 1.0:
-                raise ConfigError(f"relax_ratio must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.relax_ratio)}")
-        if self.relax_steps is not None:
-            bad = [s for s in self.relax_steps if not isinstance(s, int) or s < 0]
-            if bad:
-                raise ConfigError(f"relax_steps must be UNet-call indices >= 0, got {bad}")
+        if self.relax_rounding is not None:
+            _choice("relax_rounding", self.relax_rounding, ROUNDINGS)
+        self.relax  # building the RelaxSpec checks the relax_* keys (pcr.quant.relaxing)
         for key in ("height", "width"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 8):
@@ -107,6 +133,32 @@ class QuantConfig:
         if self.relax_auto_bits is not None and not self.act_bits <= self.relax_auto_bits <= self.relax_bits:
             raise ConfigError(f"relax_auto_bits must lie in [act_bits={self.act_bits}, relax_bits={self.relax_bits}], "
                               f"got {self.relax_auto_bits}")
+
+    def _take_old_relax_name(self, interval) -> None:
+        """``relax_ratio`` given: it is relax_interval with the rounding it had (see the class docstring)."""
+        interval = None if interval is None else tuple(interval)
+        if interval == self.relax_interval:  # nothing new (dataclasses.replace passes config.relax_ratio)
+            return
+        if interval is not None and self.relax_interval is not None:
+            raise ConfigError(f"relax_ratio is the old name of relax_interval; give one, got relax_ratio="
+                              f"{list(interval)} and relax_interval={list(self.relax_interval)}")
+        object.__setattr__(self, "relax_interval", interval if interval is not None else self.relax_interval)
+        if interval is not None and self.relax_rounding is None:
+            object.__setattr__(self, "relax_rounding", "centre")
+
+    def _check_observation(self) -> None:
+        if self.observe_weights is not None:
+            _choice("observe_weights", self.observe_weights, OBSERVE_WEIGHTS)
+        if self.observe_acts is not None:
+            _choice("observe_acts", self.observe_acts, OBSERVE_ACTS)
+            if not self.per_step and self.observe_acts != "fp":
+                raise ConfigError(f"observe_acts={self.observe_acts!r} needs per-step parameters (method perstep or "
+                                  f"progressive); {self.method} observes with activations unquantized (fp)")
+        if self.recalibrate_last is not None and not isinstance(self.recalibrate_last, bool):
+            raise ConfigError(f"recalibrate_last must be true, false or null, got {self.recalibrate_last!r}")
+        if self.recalibrate_last is False and self.act_observation != "first_pass":
+            raise ConfigError("recalibrate_last=false keeps the last call's first-pass parameters, so it needs "
+                              f"observe_acts='first_pass' (got {self.act_observation!r})")
 
     # -- what the method implies ------------------------------------------------------------------
     @property
@@ -118,27 +170,40 @@ class QuantConfig:
     def act_observer(self) -> str:
         return self.observer or ACT_METHODS[self.method]["observer"]
 
+    @property
+    def weight_observation(self) -> str:
+        """Whether activations are observed with the weights quantized or FP (``observe_weights``)."""
+        return self.observe_weights or ACT_METHODS[self.method]["weights"]
+
+    @property
+    def act_observation(self) -> str:
+        """How the activations upstream of an observed layer are quantized (``observe_acts``)."""
+        return self.observe_acts or ACT_METHODS[self.method]["acts"]
+
+    @property
+    def observes_last(self) -> bool:
+        """Whether the per-step pass observes the last UNet call (else it keeps its first-pass parameters)."""
+        if self.act_observation != "first_pass":
+            return True
+        return bool(self.recalibrate_last)
+
+    @property
+    def relax(self) -> RelaxSpec:
+        """The relaxing these keys ask for: the one place relaxed calls and their bits are computed."""
+        return RelaxSpec(self.relax_interval, self.relax_steps, self.relax_auto_bits, self.relax_bits,
+                         self.relax_rounding or "reference")
+
     def act_bits_per_step(self, num_calls: int | None = None, relaxed: tuple[int, ...] | None = None) -> list[int]:
         """Activation bits of each of ``num_calls`` UNet calls (None: num_steps, a scheduler that makes
         one call per step). ``relaxed`` overrides the configured calls (auto relaxing)."""
         num_calls = self.num_steps if num_calls is None else num_calls
-        relaxed = self.relaxed_steps(num_calls) if relaxed is None else relaxed
-        return [self.relax_bits if i in relaxed else self.act_bits for i in range(num_calls)]
+        return self.relax.bits_per_call(self.act_bits, num_calls, relaxed, self.num_steps)
 
     def relaxed_steps(self, num_calls: int | None = None) -> tuple[int, ...]:
-        """The relaxed UNet calls of a run of ``num_calls`` (None: num_steps), given by relax_ratio (call i
-        when (i + 0.5) / num_calls lies in the interval) or relax_steps (auto relaxing decides at calibration)."""
+        """The relaxed UNet calls of a run of ``num_calls`` (None: num_steps), given by relax_interval or
+        relax_steps (auto relaxing decides at calibration)."""
         num_calls = self.num_steps if num_calls is None else num_calls
-        if self.relax_steps is not None:
-            bad = sorted(s for s in set(self.relax_steps) if s >= num_calls)
-            if bad:
-                raise ConfigError(f"relax_steps {bad} are outside the {num_calls} UNet calls of num_steps="
-                                  f"{self.num_steps} (calls 0..{num_calls - 1})")
-            return tuple(sorted(set(self.relax_steps)))
-        if self.relax_ratio is not None:
-            lo, hi = self.relax_ratio
-            return tuple(i for i in range(num_calls) if lo <= (i + 0.5) / num_calls <= hi)
-        return ()
+        return self.relax.calls(num_calls, self.num_steps)
 
     # -- serialization ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -148,23 +213,32 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, values: dict) -> QuantConfig:
         """Build from a plain dict (YAML, a JSON header); unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | {"relax_ratio"}  # the old name, in saved files
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown quantization config key(s) {unknown}; known keys: {sorted(known)}")
         values = dict(values)
-        for key in ("keep_fp", "relax_ratio", "relax_steps"):
+        for key in ("keep_fp", "relax_interval", "relax_ratio", "relax_steps"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
 
     def replace(self, **changes) -> QuantConfig:
-        return dataclasses.replace(self, **changes)
+        if "relax_ratio" in changes:  # the old name: as in the constructor, with its rounding
+            interval = changes.pop("relax_ratio")
+            changes["relax_interval"] = None if interval is None else tuple(interval)
+            if interval is not None:
+                changes.setdefault("relax_rounding", "centre")
+        return dataclasses.replace(self, **{"relax_ratio": _OLD_NAME_UNSET, **changes})
 
     def digest(self) -> str:
         """12 hex digits identifying this config, for result names and provenance."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ``config.relax_ratio`` reads the interval (the InitVar above only takes the old name at construction)
+QuantConfig.relax_ratio = property(lambda self: self.relax_interval, doc="The old name of relax_interval.")
 
 
 def _choice(key: str, value, allowed: tuple) -> None:

@@ -1,7 +1,8 @@
 """Figure kinds by name: the figure each workflow table gets, so a rule names it and needs no code.
 
-A kind is the table's name: "main" and "bits" read the main table, "ablation_<name>" an ablation
-table, "act_ranges" a per-step range CSV. Unknown ablations fall back to bars per label, so a new
+A kind is the table's name: "main" reads the delta table (main_deltas.csv: paired differences to the
+baseline method), "bits" the main table, "ablation_<name>" an ablation table, "act_ranges" a per-step
+range CSV. Unknown ablations fall back to bars per label, so a new
 ablation in the config gets a figure before it gets a tailored one.
 """
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pcr.report.figures import act_range_figure, bar_figure, bits_figure, main_figure, sweep_figure
+from pcr.report.deltas import main_figure
+from pcr.report.figures import act_range_figure, bar_figure, bits_figure, fid_psnr_figure, sweep_figure
 
 __all__ = ["FIGURE_KINDS", "draw_figure"]
 
@@ -41,10 +43,10 @@ FIGURE_KINDS = {
     "bits": bits_figure,
     "act_ranges": _act_ranges,
     # per-step (FP-trajectory) vs progressive parameters at each bit setting
-    "ablation_progressive": lambda df, stem: main_figure(
+    "ablation_progressive": lambda df, stem: fid_psnr_figure(
         df, stem, "Per-step vs progressive calibration: distance to the FP images per bit setting"),
-    "ablation_relax_ratio": lambda df, stem: sweep_figure(
-        _start_each_line_unrelaxed(df), "relax_ratio", stem,
+    "ablation_relax_share": lambda df, stem: sweep_figure(
+        _start_each_line_unrelaxed(df), "relax_share", stem,
         "Relaxing the first vs the last sampling steps: quality vs share relaxed", hue="relax_where"),
     "ablation_relax_bits": _sweep("relax_bits", "method", "Quality vs activation bits of the relaxed steps"),
     "ablation_calib_size": _sweep("calib_size", "method", "Quality vs number of calibration prompts"),

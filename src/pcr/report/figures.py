@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 
 from pcr.io import atomic_file
 
-__all__ = ["act_range_figure", "bar_figure", "bits_figure", "main_figure", "range_drift", "save_figure",
+__all__ = ["act_range_figure", "bar_figure", "bits_figure", "fid_psnr_figure", "range_drift", "save_figure",
            "sweep_figure"]
 
 METRIC_LABELS = {
@@ -33,7 +33,7 @@ METRIC_LABELS = {
     "clip_score": "CLIP score (higher is better)",
 }
 KNOB_LABELS = {
-    "relax_ratio": "share of relaxed sampling steps",
+    "relax_share": "share of relaxed UNet calls",
     "relax_bits": "activation bits of relaxed steps",
     "relax_auto_bits": "average activation bit budget (auto relaxing)",
     "calib_size": "calibration prompts",
@@ -138,18 +138,19 @@ def _grouped_bars(ax, table: pd.DataFrame, colors: dict, lo=None, hi=None) -> np
     return x
 
 
-def _has_ci(df: pd.DataFrame) -> bool:
-    return {"fid_lo", "fid_hi"} <= set(df.columns)
+def _has_ci(df: pd.DataFrame, metric: str = "fid") -> bool:
+    return metric in ("fid", "psnr", "ssim") and {f"{metric}_lo", f"{metric}_hi"} <= set(df.columns)
 
 
-def main_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str | None = None) -> list[Path]:
+def fid_psnr_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str | None = None) -> list[Path]:
     """FID and PSNR to the FP images: columns = prompt sets, bars = methods, one colour per bit setting.
 
     `df` is a metrics_table; the FP row, where present, is the dashed FID noise floor (PSNR skips it:
-    it is unpaired). FID bars carry their bootstrap interval where fid_lo/fid_hi are known.
+    it is unpaired). Bars carry their bootstrap interval where <metric>_lo/_hi are known. Used for the
+    progressive ablation; the main figure (pcr.report.deltas) shows paired differences instead.
     """
-    fp, runs = _split_fp(df, "main_figure")
-    _check_unique(runs, ["label", "bits", "prompt_set"], "main_figure")
+    fp, runs = _split_fp(df, "fid_psnr_figure")
+    _check_unique(runs, ["label", "bits", "prompt_set"], "fid_psnr_figure")
     prompt_sets, labels, bits = _order(runs["prompt_set"]), _order(runs["label"]), _order(runs["bits"])
     colors = _colors(bits)
     fig = Figure(figsize=(max(4.5, 0.8 * len(labels) + 1.5) * len(prompt_sets), 7.5), layout="constrained")
@@ -162,7 +163,7 @@ def main_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str | None = N
 
         for row, metric in enumerate(["fid", "psnr"]):
             ax = axes[row, col]
-            ci = (wide("fid_lo"), wide("fid_hi")) if metric == "fid" and _has_ci(sub) else (None, None)
+            ci = (wide(f"{metric}_lo"), wide(f"{metric}_hi")) if _has_ci(sub, metric) else (None, None)
             _grouped_bars(ax, wide(metric), colors, *ci)
             if metric == "fid":
                 _fp_floor(ax, fp, "fid", [prompt_set], label="FP noise floor (other seeds)")
@@ -292,7 +293,7 @@ def _line_figure(df, x, stem, title, metrics, hue, what, by_weight_bits=False) -
 
 def sweep_figure(df: pd.DataFrame, x: str, stem: str | os.PathLike, title: str,
                  metrics=("fid", "psnr"), hue: str = "label") -> list[Path]:
-    """Each metric against knob column `x` (relax_ratio, relax_bits, calib_size, ...): one panel per
+    """Each metric against knob column `x` (relax_share, relax_bits, calib_size, ...): one panel per
     metric, one line per `hue` value (colour) and prompt set (line style). Rows without `x` are skipped.
     """
     return _line_figure(df, x, stem, title, list(metrics), hue, "sweep_figure")
@@ -322,7 +323,7 @@ def bar_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str, metrics=("
                                                                                       columns=labels)
 
     for ax, metric in zip(axes, metrics):
-        ci = (wide("fid_lo"), wide("fid_hi")) if metric == "fid" and _has_ci(runs) else (None, None)
+        ci = (wide(f"{metric}_lo"), wide(f"{metric}_hi")) if _has_ci(runs, metric) else (None, None)
         x = _grouped_bars(ax, wide(metric), colors, *ci)
         if metric == "fid":
             for i, prompt_set in enumerate(prompt_sets):

@@ -1,0 +1,291 @@
+"""The experiment's plan, read from the workflow config: the variants (the main comparison's, the
+ablations', the experiment's), the sampling regimes, the weight calibrations they share, and for each
+run its QuantConfig, its sampling, its table knobs and its files.
+
+Pure Python (no torch, no Snakemake): planning the DAG takes a second, and a unit test reaches every
+decision. workflow/rules/common.smk wraps it for the rules. A config problem the schema cannot see
+(a name that refers to nothing, a count that does not fit) raises ConfigProblem naming the key's
+path here, at planning time, before any job runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pcr.plan.ablations import ABLATIONS, Ablation
+from pcr.plan.experiment import Experiment
+from pcr.plan.paths import calib_cost, calib_params, figure, manifest, metrics_file, prompt_file
+from pcr.plan.settings import FLOOR, FP, FP_BITS, RESEED, ConfigProblem, Regime, Variant, parse_bits
+from pcr.quant.config import ADAROUND_KEYS, WEIGHT_KEYS, ConfigError, QuantConfig
+
+__all__ = ["Plan"]
+
+
+class Plan:
+    """Everything the workflow runs for one config; ``Plan.from_config(config)``."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.seed = config["seed"]
+        self.toy = config["model"] == "toy"
+        self.model_spec = "toy:results/toy/model" if self.toy else config["model"]
+        self.model_input = {"model": "results/toy/model"} if self.toy else {}
+        self.model_config = config.get("model_config")  # the components of a single-file checkpoint
+        sampling = config["sampling"]
+        self.default_regime = Regime(sampling["steps"], sampling["guidance"], sampling.get("scheduler"))
+        self.regimes = {self.default_regime.name: self.default_regime}
+        self.calib_n = config["prompts"]["calibration"]["n"]
+        self.eval_sets = list(config["prompts"]["evaluation"])
+        self.main_bits = list(config["quant"]["bits"])
+        self._check_toy_prompt_sets()
+        self.variants: dict[str, Variant] = {}
+        self._by_content: dict[str, str] = {}
+        self._config_names: dict[str, str] = {}  # quant.variants entry -> the variant it is (same settings: one)
+        for name, entry in config["quant"]["variants"].items():
+            quant = {k: v for k, v in entry.items() if k != "label"}
+            self._config_names[name] = self.add_variant(name, entry["label"], quant, key=f"quant.variants.{name}",
+                                                        base=name)
+        self.main_variants = list(self.variants)
+        self.ablation_sets = self._ablation_sets()
+        self.ablations: dict[str, Ablation] = {name: build(self, f"ablations.{name}", config["ablations"][name])
+                                               for name, build in ABLATIONS.items() if name in config["ablations"]}
+        self.experiment = Experiment(self, config["experiment"]) if config.get("experiment") else None
+        for regime in self.experiment.regimes if self.experiment else ():
+            self.regimes.setdefault(regime.name, regime)
+        self.report_baseline = self._report_baseline()
+        self.weights: dict[str, tuple[str, str]] = {}  # weight key -> the (variant, setting) it is made with
+        for variant, setting in self.runs():
+            self._check_quant(variant, setting)
+            self.weights.setdefault(self.weight_key(variant, setting), (variant, setting))
+
+    @classmethod
+    def from_config(cls, config: dict) -> Plan:
+        return cls(config)
+
+    # -- variants ---------------------------------------------------------------------------------------
+    def add_variant(self, name: str, label: str, quant: dict, calib_size: int | None = None, *, key: str,
+                    base: str = "") -> str:
+        """Register a variant; one with the same settings as an earlier one is that one (computed once)."""
+        quant = {**self.config["quant"]["common"], **quant}
+        calib_size = self.calib_n if calib_size is None else calib_size
+        content = json.dumps({"quant": quant, "calib_size": calib_size}, sort_keys=True)
+        if content in self._by_content:
+            return self._by_content[content]
+        try:
+            self.variants[name] = Variant(name, label, quant, calib_size, key, base or name)
+        except ConfigError as err:
+            raise ConfigProblem(key, str(err)) from None
+        self._by_content[content] = name
+        return name
+
+    def base_variant(self, key: str, name: str) -> Variant:
+        """The planned variant of quant.variants entry ``name``; ``key`` is the config key that names it."""
+        if name not in self._config_names:
+            raise ConfigProblem(key, f"variant {name!r} is not one of quant.variants "
+                                     f"({', '.join(self.config['quant']['variants'])})")
+        return self.variants[self._config_names[name]]
+
+    def runs(self) -> list[tuple[str, str]]:
+        """Every (variant, setting) calibrated: the main comparison's, the ablations', the experiment's."""
+        pairs = [(v, b) for v in self.main_variants for b in self.main_bits]
+        pairs += [p for ablation in self.ablations.values() for p in ablation.runs]
+        if self.experiment:
+            pairs += [(r.variant, r.setting) for r in self.experiment.runs() if r.variant != FLOOR]
+        return list(dict.fromkeys(pairs))
+
+    def label(self, variant: str) -> str:
+        return self.variants[variant].label
+
+    def calib_size(self, variant: str) -> int:
+        return self.variants[variant].calib_size
+
+    # -- settings: bits, and the regime they are sampled in ------------------------------------------------
+    def setting(self, bits: str, regime: Regime | None = None) -> str:
+        """``bits`` in ``regime``: "W4A6" in the default regime (config key sampling), else "W4A6@<regime>"."""
+        regime = regime or self.default_regime
+        return bits if regime == self.default_regime else f"{bits}@{regime.name}"
+
+    def split(self, setting: str) -> tuple[str, Regime]:
+        """(bits, regime) of a setting."""
+        bits, _, name = setting.partition("@")
+        if name and name not in self.regimes:
+            raise ValueError(f"setting {setting!r} names no planned regime; the regimes are {sorted(self.regimes)}")
+        return bits, self.regimes[name] if name else self.default_regime
+
+    def setting_pattern(self) -> str:
+        """A regular expression of every setting: the bits wildcard's constraint."""
+        others = sorted(name for name, regime in self.regimes.items() if regime != self.default_regime)
+        return r"W\d+A\d+" + (f"(?:@(?:{'|'.join(others)}))?" if others else "")
+
+    def scheduler(self, setting: str) -> str | None:
+        return self.split(setting)[1].scheduler
+
+    # -- what a run is ------------------------------------------------------------------------------------
+    def quant_config(self, variant: str, setting: str) -> dict:
+        """The full pcr.quant.QuantConfig dict of a (variant, setting): bits and the regime's sampling added."""
+        bits, regime = self.split(setting)
+        weight, act = parse_bits(bits)
+        sampling = self.config["sampling"]
+        return {**self.variants[variant].quant, "weight_bits": weight, "act_bits": act, "num_steps": regime.steps,
+                "guidance_scale": regime.guidance, "seed": self.seed, "height": sampling.get("height"),
+                "width": sampling.get("width")}
+
+    def _check_quant(self, variant: str, setting: str) -> None:
+        try:
+            QuantConfig.from_dict(self.quant_config(variant, setting))
+        except ConfigError as err:
+            raise ConfigProblem(self.variants[variant].key, f"variant {variant!r} at {setting}: {err}") from None
+
+    def knobs(self, variant: str, setting: str) -> dict:
+        """The settings an ablation sweeps, derived from the config (so shared variants agree)."""
+        q, v = self.quant_config(variant, setting), self.variants[variant]
+        return {"calib_size": v.calib_size, "observer": q.get("observer"),
+                **v.relax.knobs(q["act_bits"], self.split(setting)[1].steps)}
+
+    def generation_params(self, variant: str, setting: str) -> dict:
+        """Everything an image folder depends on; the FP floor samples from other seeds."""
+        regime, sampling = self.split(setting)[1], self.config["sampling"]
+        params = {"spec": self.model_spec, "steps": regime.steps, "guidance": regime.guidance,
+                  "height": sampling.get("height"), "width": sampling.get("width"),
+                  "batch_size": sampling["batch_size"], "dtype": self.config["compute"]["dtype"],
+                  "seed": self.seed + (RESEED if variant == FLOOR else 0)}
+        if regime.scheduler is not None:  # absent for the checkpoint's own: folders of before stay valid
+            params["scheduler"] = regime.scheduler
+        return params
+
+    def run_info(self, variant: str, setting: str, pset: str) -> dict:
+        """The run block of a metrics file: what tables and figures group and label it by."""
+        bits, regime = self.split(setting)
+        spec = self.prompt_spec(pset)["spec"]
+        if variant == FLOOR:
+            info = {"variant": FLOOR, "label": "FP (other seeds)", "method": "fp", "bits": "FP", "weight_bits": 32,
+                    "act_bits": 32, "prompt_set": pset, "prompt_spec": spec, "knobs": {}}
+        else:
+            weight, act = parse_bits(bits)
+            info = {"variant": variant, "label": self.label(variant), "method": self.variants[variant].method,
+                    "bits": bits, "weight_bits": weight, "act_bits": act, "prompt_set": pset, "prompt_spec": spec,
+                    "knobs": self.knobs(variant, setting)}
+        if regime != self.default_regime:
+            info["regime"] = regime.columns()
+        return info
+
+    # -- shared weight calibrations --------------------------------------------------------------------------
+    def weight_settings(self, variant: str, setting: str) -> dict:
+        """What the weight step depends on; variants that agree on it share one weight calibration."""
+        q = self.quant_config(variant, setting)
+        adaround = q.get("weight_method") == "adaround"
+        keys = WEIGHT_KEYS + (ADAROUND_KEYS if adaround else ())
+        settings = {k: q[k] for k in keys if k in q and k != "weight_bits"} | {"weight_bits": q["weight_bits"]}
+        if adaround:  # AdaRound samples the calibration prompts' FP trajectories
+            settings["calib_size"] = self.variants[variant].calib_size
+            if self.scheduler(setting) is not None:
+                settings["scheduler"] = self.scheduler(setting)
+        return settings
+
+    def weight_key(self, variant: str, setting: str) -> str:
+        settings = self.weight_settings(variant, setting)
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        return f"W{settings['weight_bits']}-{settings.get('weight_method', 'minmax')}-{digest}"
+
+    def weight_job(self, wkey: str) -> dict:
+        """A shared weight calibration's QuantConfig dict (weight settings only: activation settings do not
+        touch the weight step), its calibration prompts (0: none read) and its scheduler."""
+        variant, setting = self.weights[wkey]
+        settings = self.weight_settings(variant, setting)
+        regime = self.split(setting)[1]
+        quant = {k: v for k, v in settings.items() if k not in ("calib_size", "scheduler")}
+        return {"quant": {**quant, "num_steps": regime.steps, "guidance_scale": regime.guidance, "seed": self.seed},
+                "calib_size": settings.get("calib_size", 0), "scheduler": settings.get("scheduler")}
+
+    # -- rule inputs -----------------------------------------------------------------------------------------
+    def prompt_spec(self, pset: str) -> dict:
+        prompts = self.config["prompts"]
+        return prompts["calibration"] if pset == "calibration" else prompts["evaluation"][pset]
+
+    def generation_inputs(self, variant: str, setting: str, pset: str) -> dict:
+        inputs = {"prompts": prompt_file(pset), **self.model_input}
+        if variant not in (FP, FLOOR):
+            inputs["params"] = calib_params(variant, setting)
+        return inputs
+
+    def metrics_inputs(self, variant: str, setting: str, pset: str) -> dict:
+        """A folder's manifest, its regime's FP reference and the prompts (and cost, toy CLIP)."""
+        reference = self.setting(FP_BITS, self.split(setting)[1])
+        inputs = {"images": manifest(variant, setting, pset), "reference": manifest(FP, reference, pset),
+                  "prompts": prompt_file(pset)}
+        if variant != FLOOR:
+            inputs["cost"] = calib_cost(variant, setting)
+        if self.toy:
+            inputs["clip"] = "results/toy/clip"
+        return inputs
+
+    # -- targets ---------------------------------------------------------------------------------------------
+    def main_metrics(self) -> list[str]:
+        """Metrics files of the main table, in its row order: the FP floor, then variant by bit setting."""
+        files = [metrics_file(FLOOR, FP_BITS, s) for s in self.eval_sets]
+        runs = [(v, b) for v in self.main_variants for b in self.main_bits]
+        return files + [metrics_file(v, b, s) for v, b in runs for s in self.eval_sets]
+
+    def final_output(self) -> list[str]:
+        """What `snakemake all` builds: the main comparison's table and figures (and the toy model's checks)."""
+        out = ["results/tables/main.csv", *figure("results/figures/main"), *figure("results/figures/bits")]
+        out += [f for s in self.eval_sets for f in figure(f"results/figures/samples_{s}")]
+        if self.toy:
+            out += ["results/toy/evaluator.json", "results/toy/sample_grid.png"]
+        return out
+
+    def lowest_bits(self) -> str:
+        """The main comparison's most aggressive bit setting: its sample grid shows the most difference."""
+        return min(self.main_bits, key=lambda b: sum(parse_bits(b)))
+
+    def ablation_metrics(self, name: str) -> list[str]:
+        files = [metrics_file(FLOOR, FP_BITS, s) for s in self.ablation_sets]
+        return files + [metrics_file(v, b, s) for v, b in self.ablations[name].runs for s in self.ablation_sets]
+
+    def ablation_output(self, name: str) -> list[str]:
+        out = [f"results/tables/ablation_{name}.csv", *figure(f"results/figures/ablation_{name}")]
+        for *_, bits in self.ablations[name].act_ranges:
+            out += figure(f"results/figures/act_ranges_{bits}")
+        return out
+
+    def act_range_variants(self, bits: str) -> tuple[str, str]:
+        """(FP-trajectory, quantized-trajectory) variants whose ranges results/tables/act_ranges_<bits>.csv holds."""
+        for ablation in self.ablations.values():
+            for fp_trajectory, quantized_trajectory, at in ablation.act_ranges:
+                if at == bits:
+                    return fp_trajectory, quantized_trajectory
+        raise ValueError(f"no ablation draws the activation ranges at {bits}")
+
+    def require_experiment(self) -> Experiment:
+        if self.experiment is None:
+            raise ConfigProblem("experiment", "the config has no experiment section; run the experiment with "
+                                              "--configfile config/toy_long.yaml config/experiment.yaml (or give one)")
+        return self.experiment
+
+    # -- checks of names the schema cannot resolve -----------------------------------------------------------------
+    def _check_toy_prompt_sets(self) -> None:
+        prompts = self.config["prompts"]
+        for name, spec in [("calibration", prompts["calibration"]), *prompts["evaluation"].items()]:
+            if not self.toy and spec["spec"].startswith("toy:"):
+                key = "prompts.calibration" if name == "calibration" else f"prompts.evaluation.{name}"
+                raise ConfigProblem(key, f"the toy prompt set {spec['spec']!r} cannot be sampled with model "
+                                         f"{self.config['model']!r}. A profile given with --configfile is merged into "
+                                         "config/config.yaml (the toy default); add --replace-workflow-config to "
+                                         "run it alone")
+
+    def _ablation_sets(self) -> list[str]:
+        for name in self.config["ablations"]["prompt_sets"]:
+            if name not in self.eval_sets:
+                raise ConfigProblem("ablations.prompt_sets", f"{name!r} is not one of prompts.evaluation "
+                                                             f"({', '.join(self.eval_sets)})")
+        return list(self.config["ablations"]["prompt_sets"])
+
+    def _report_baseline(self) -> str:
+        """The main figure's baseline: report.baseline (a variant or its label), else perstep, else the first."""
+        baseline = (self.config.get("report") or {}).get("baseline") or (
+            "perstep" if "perstep" in self.main_variants else self.main_variants[0])
+        if baseline not in self.main_variants + [self.label(v) for v in self.main_variants]:
+            raise ConfigProblem("report.baseline", f"{baseline!r} is neither a variant of quant.variants "
+                                                   f"({', '.join(self.main_variants)}) nor the label of one")
+        return baseline
