@@ -44,7 +44,7 @@ def test_main_figure_panels_and_baseline_line(deltas, tmp_path, monkeypatch):
     assert len(axes) == 2 * 4  # two bit settings x (Δ PSNR, Δ SSIM, Δ CLIP, FID)
     assert "method − naive (one range)" in axes[0].get_ylabel() and axes[3].get_yscale() == "log"
     # the baseline is the zero line, not a point: only the other method is on the delta axes
-    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["progressive\n(PCR)"]
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["progressive (PCR)"]
     assert any(list(line.get_ydata()) == [0, 0] for line in axes[0].get_lines())
     low, high = axes[0].get_ylim()
     row = deltas[(deltas.variant == "progressive") & (deltas.bits == "W8A8")]
@@ -128,8 +128,10 @@ def test_bar_figure(table, tmp_path):
     ablation = table[(table.bits == "W4A6") | (table.method == "fp")]
     stem = tmp_path / "relax_auto"
     assert_written(bar_figure(ablation, stem, "auto vs fixed relaxed steps", metrics=("fid", "psnr", "ssim")), stem)
+    stem = tmp_path / "per_bits"  # several bit settings: one group per (bits, prompt set)
+    assert_written(bar_figure(table, stem, "two bit settings per label"), stem)
     with pytest.raises(ValueError, match="share"):
-        bar_figure(table, tmp_path / "dup", "two bit settings per label")
+        bar_figure(pd.concat([ablation, ablation]), tmp_path / "dup", "the same run twice")
 
 
 @pytest.fixture

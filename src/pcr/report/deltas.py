@@ -50,7 +50,7 @@ def _points(ax, rows: pd.DataFrame, column: str, xs: dict, offsets: dict, colors
 
 
 def _axes_labels(ax, labels: list, xs: dict) -> None:
-    ax.set_xticks([xs[lab] for lab in labels], [textwrap.fill(str(lab), 16) for lab in labels], rotation=25,
+    ax.set_xticks([xs[lab] for lab in labels], [textwrap.fill(str(lab), 22) for lab in labels], rotation=40,
                   ha="right", fontsize="small")
     ax.set_xlim(-0.6, len(xs) - 0.4)
     ax.grid(axis="y", alpha=0.3)

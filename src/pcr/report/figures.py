@@ -308,30 +308,33 @@ def bits_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str | None = N
 
 
 def bar_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str, metrics=("fid", "psnr")) -> list[Path]:
-    """Grouped bars for an ablation (e.g. auto vs fixed relaxed steps): one group per prompt set, one bar
-    per label, one panel per metric; needs one row per (label, prompt set)."""
+    """Grouped bars for an ablation (e.g. auto vs fixed relaxed steps): one group per prompt set (per bit
+    setting and prompt set when there are several), one bar per label, one panel per metric; needs one
+    row per (label, bits, prompt set)."""
     fp, runs = _split_fp(df, "bar_figure")
-    _check_unique(runs, ["label", "prompt_set"], "bar_figure")
-    prompt_sets, labels = _order(runs["prompt_set"]), _order(runs["label"])
+    _check_unique(runs, ["label", "bits", "prompt_set"], "bar_figure")
+    several = runs["bits"].nunique() > 1
+    runs = runs.assign(group=runs["bits"] + ", " + runs["prompt_set"] if several else runs["prompt_set"])
+    set_of = dict(zip(runs["group"], runs["prompt_set"]))
+    prompt_sets, labels = _order(runs["group"]), _order(runs["label"])
     colors = _colors(labels)
     fig = Figure(figsize=(max(3.5, 0.5 * len(labels) * len(prompt_sets) + 2) * len(metrics), 4.2),
                  layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
 
     def wide(column):
-        return runs.pivot(index="prompt_set", columns="label", values=column).reindex(index=prompt_sets,
-                                                                                      columns=labels)
+        return runs.pivot(index="group", columns="label", values=column).reindex(index=prompt_sets, columns=labels)
 
     for ax, metric in zip(axes, metrics):
         ci = (wide(f"{metric}_lo"), wide(f"{metric}_hi")) if _has_ci(runs, metric) else (None, None)
         x = _grouped_bars(ax, wide(metric), colors, *ci)
         if metric == "fid":
-            for i, prompt_set in enumerate(prompt_sets):
-                value = fp.loc[fp["prompt_set"] == prompt_set, "fid"].to_numpy(float)
+            for i, group in enumerate(prompt_sets):
+                value = fp.loc[fp["prompt_set"] == set_of[group], "fid"].to_numpy(float)
                 if value.size and np.isfinite(value[0]):
                     ax.hlines(value[0], x[i] - 0.45, x[i] + 0.45, label="FP noise floor" if i == 0 else None,
                               **FP_FLOOR)
-        ax.set_xlabel("prompt set")
+        ax.set_xlabel("bit setting, prompt set" if several else "prompt set")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(axis="y", alpha=0.3)
     axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
