@@ -47,8 +47,7 @@ def observe_call(unet, layers: dict[str, QuantLayerMixin], batches: list[Denoisi
     weights_on = config.weight_observation == "quantized"
     acts = config.act_observation
     if acts == "sequential":
-        rows = [len(batch.latents) * (2 if batch.guided else 1) for batch in batches]  # UNet-input rows
-        hooks = {name: _fix_on_sight(layer, observers[name], step, bits, rows, weight)
+        hooks = {name: _fix_on_sight(layer, observers[name], step, bits, _unet_rows(batches), weight)
                  for name, layer in layers.items()}
     else:
         hooks = {name: (lambda x, _step, o=observers[name]: o.update(x, weight)) for name in layers}
@@ -77,6 +76,11 @@ def _fix_on_sight(layer: QuantLayerMixin, observer, step: int, bits: int, rows: 
         quantizer.set_step(step, *observer.range(bits, quantizer.symmetric), bits)
 
     return hook
+
+
+def _unet_rows(batches: list[DenoisingBatch]) -> list[int]:
+    """Each batch's rows of the merged UNet input (guided batches: unconditional and conditional)."""
+    return [len(batch.latents) * (2 if batch.guided else 1) for batch in batches]
 
 
 def _merged_call(unet, batches: list[DenoisingBatch], step: int) -> None:
@@ -116,7 +120,7 @@ def observe_layer_by_layer(unet, layers: dict[str, QuantLayerMixin], batches: li
     """Sequential observation by its definition: for each layer in call order, the step's UNet call with
     the layers before it fixed and quantized, then fix the layer."""
     weights_on = config.weight_observation == "quantized"
-    rows = [len(batch.latents) * (2 if batch.guided else 1) for batch in batches]
+    rows = _unet_rows(batches)
     for name in call_order(unet, layers, batches[0], step):
         observer = new_observers({name: layers[name]}, config)[name]
         quantizer = layers[name].act_quantizer

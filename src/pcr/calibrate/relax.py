@@ -36,14 +36,15 @@ def step_gains(pipe, layers: dict[str, QuantLayerMixin], prompts: list[str], see
                progress: bool = True) -> dict:
     """Per UNet call, the mean over prompts of the PSNR gain (dB, to the FP image) when only that call is
     relaxed, and its standard error over prompts (calls + 2 samplings of every prompt)."""
+    def images() -> torch.Tensor:
+        return final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size,
+                            config.height, config.width)
+
     def errors() -> torch.Tensor:  # each prompt's mean squared error to its FP image
-        images = final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size,
-                              config.height, config.width)
-        return (images - reference).pow(2).flatten(1).mean(1).double().clamp_min(1e-12)
+        return (images() - reference).pow(2).flatten(1).mean(1).double().clamp_min(1e-12)
 
     with quant_mode(pipe.unet, weights=False, acts=False):
-        reference = final_images(pipe, prompts, seeds, config.num_steps, config.guidance_scale, config.batch_size,
-                                 config.height, config.width)
+        reference = images()
     with quant_mode(pipe.unet, weights=True, acts=True):
         base = errors()
         gains, errs = [], []

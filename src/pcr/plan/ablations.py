@@ -86,17 +86,17 @@ def relax_auto(plan: Plan, key: str, a: dict) -> Ablation:
     calls (under the reference's rounding a first interval relaxes one call more: an uneven comparison)."""
     base = plan.base_variant(f"{key}.variant", a["variant"])
     relax_bits, share = a.get("relax_bits", 10), a["share"]
+    fixed = {where: RelaxSpec.at(where, share, relax_bits, rounding="centre") for where in ("first", "last")}
     runs = []
     for bits in a["bits"] if isinstance(a["bits"], list) else [a["bits"]]:
         runs.append(_unrelaxed(plan, key, a["variant"], bits))
-        for where in ("first", "last"):
-            spec = RelaxSpec.at(where, share, relax_bits, rounding="centre")
+        for where, spec in fixed.items():
             runs.append((plan.add_variant(f"{a['variant']}-relax-{where}-{share}-even", spec.label,
                                           {**base.unrelaxed_keys(), **spec.to_keys()}, key=key, base=a["variant"]),
                          bits))
         # the planner does not load the scheduler: a run of more calls than steps (PNDM) relaxes the same share
         act = parse_bits(bits)[1]
-        budget = RelaxSpec.at("last", share, relax_bits, rounding="centre").average_bits(act, plan.default_regime.steps)
+        budget = fixed["last"].average_bits(act, plan.default_regime.steps)
         quant = {**base.unrelaxed_keys(), "relax_bits": relax_bits, "relax_auto_bits": round(budget, 6)}
         runs.append((plan.add_variant(f"{a['variant']}-relax-auto-{share}-A{act}", "relax auto (measured)", quant,
                                       key=key, base=a["variant"]), bits))
