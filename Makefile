@@ -17,10 +17,13 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/snakemake --cores 1 all
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest -q
 
+# Python (ruff), the workflow's format (snakefmt) and Snakemake's own best-practice check
 lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 
 clean-results:

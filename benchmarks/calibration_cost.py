@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _measure import MALLOC_ENV, PeakRSS, timed  # beside this script
 
 import pcr
 from pcr.calibrate.progressive import calibrate_activations, calibrate_progressive_rerun
@@ -32,8 +33,6 @@ from pcr.pipelines.sampling import sample_latents
 from pcr.quant import QuantConfig, quantize_unet, unquantize_unet
 from pcr.runtime import use_available_cpus
 from pcr.toy.world import toy_prompts
-
-from _measure import MALLOC_ENV, PeakRSS, timed  # beside this script
 
 OUT = Path(__file__).parent / "results"
 

@@ -44,8 +44,10 @@ def rows(steps: int) -> list[tuple[str, dict]]:
         out += [(setting, dict(weight_bits=w, act_bits=a, method=m)) for m in METHODS]
         for name, extra in [("first 20%", dict(relax_interval=first)), ("last 20%", dict(relax_interval=last)),
                             ("auto", dict(relax_auto_bits=a + 0.2 * (10 - a)))]:
-            out.append((setting, dict(weight_bits=w, act_bits=a, method="progressive", **extra, label=f"+relax {name}")))
-        out.append((setting, dict(weight_bits=w, act_bits=a, method="perstep", relax_interval=first, label="+relax first 20%")))
+            out.append((setting, dict(weight_bits=w, act_bits=a, method="progressive", **extra,
+                                      label=f"+relax {name}")))
+        out.append((setting, dict(weight_bits=w, act_bits=a, method="perstep", relax_interval=first,
+                                  label="+relax first 20%")))
     # equal average bits: A6 relaxed on 20% of steps averages 6.8 bits, less than A7 everywhere
     out += [("W4A7", dict(weight_bits=4, act_bits=7, method=m)) for m in ("perstep", "progressive")]
     for observer in ("minmax", "percentile", "mse"):  # the observers, on the setting where methods separate

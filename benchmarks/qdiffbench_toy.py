@@ -25,8 +25,16 @@ from pathlib import Path
 import pandas as pd
 
 import pcr
-from pcr.bench import MetricsConfig, check_disjoint, cost_report, evaluate, generate, load_prompts
-from pcr.bench import read_metrics, write_metrics
+from pcr.bench import (
+    MetricsConfig,
+    check_disjoint,
+    cost_report,
+    evaluate,
+    generate,
+    load_prompts,
+    read_metrics,
+    write_metrics,
+)
 from pcr.calibrate import calibrate
 from pcr.pipelines import load_pipeline
 from pcr.quant import QuantConfig, load_params, save_params, unquantize_unet

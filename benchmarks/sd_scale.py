@@ -55,6 +55,7 @@ from pathlib import Path
 
 import psutil
 import torch
+from _measure import MALLOC_ENV, PeakRSS, run_fresh  # beside this script
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -74,8 +75,6 @@ from pcr.quant import QuantConfig, save_params, unquantize_unet
 from pcr.quant.select import quantizable_layers
 from pcr.runtime import torch_dtype, use_available_cpus
 from pcr.tokenizer import clip_tokenizer
-
-from _measure import MALLOC_ENV, PeakRSS, run_fresh  # beside this script
 
 OUT = Path(__file__).parent / "results"
 MB = 2**20

@@ -28,6 +28,26 @@ def pcr_cache(tmp_path_factory):
         os.environ["PCR_CACHE"] = old
 
 
+SHARED_PIPELINES = ("pipe", "any_pipe")  # fixture names of pipelines that may be module-scoped
+
+
+@pytest.fixture(autouse=True)
+def shared_pipeline_left_unquantized(request):
+    """A test that quantizes a module's shared pipeline must restore it however it ends (in a finally or
+    a fixture's teardown); otherwise the next test would silently run a quantized model. Fails the
+    test that leaked, after restoring the pipeline."""
+    pipes = {name: request.getfixturevalue(name) for name in SHARED_PIPELINES if name in request.fixturenames}
+    yield
+    if not pipes:
+        return
+    from pcr.quant import is_quantized, unquantize_unet
+
+    for name, pipe in pipes.items():
+        if getattr(pipe, "unet", None) is not None and is_quantized(pipe.unet):
+            unquantize_unet(pipe.unet)
+            pytest.fail(f"{request.node.name} left its shared `{name}` quantized: restore it in a finally")
+
+
 # Tiny toy models, shared by the toy, calibration and benchmark tests: the point is that the code
 # paths run and connect, not that the models learn.
 TINY_RES = 16

@@ -1,8 +1,8 @@
 """The set-up files agree with each other, so conda users and CI install what was tested."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 

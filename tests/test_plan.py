@@ -188,7 +188,8 @@ def test_config_problems_name_the_key_path(tiny):
     broken = copy.deepcopy(tiny)
     broken["quant"]["variants"]["perstep"]["observe_acts"] = "first_pass"
     broken["quant"]["variants"]["perstep"]["method"] = "naive"
-    assert problem(broken).startswith("config key quant.variants.perstep: variant 'perstep' at W4A6: observe_acts")
+    assert problem(broken).startswith("config key quant.variants.perstep.observe_acts: variant 'perstep' at W4A6 "
+                                      "(quant.bits), sampling: 3 steps")
     broken = copy.deepcopy(tiny)
     broken["report"]["baseline"] = "perstap"
     assert "config key report.baseline: 'perstap' is neither" in problem(broken)
@@ -200,7 +201,8 @@ def test_experiment_problems_name_the_key_path(tiny):
         ("methods", ["perstep", "perstep_qw"], "config key experiment.methods: variant 'perstep_qw' is not one of"),
         ("images", 5, "config key experiment.images: 5 images per set, but prompts.evaluation.in_domain.n is 4"),
         ("prompt_sets", ["parti"], "config key experiment.prompt_sets: 'parti' is not one of prompts.evaluation"),
-        ("relax", {"relax_interval": [0.9, 0.2]}, "config key experiment.relax: relax_interval must be [lo, hi]"),
+        ("relax", {"relax_interval": [0.9, 0.2]},
+         "config key experiment.relax.relax_interval: relax_interval must be [lo, hi]"),
         ("baseline", "naive", "config key experiment.baseline: 'naive' is not one of experiment.methods"),
         ("act_ranges", ["perstep", "naive"], "config key experiment.act_ranges: 'naive' is not one of"),
     ]:

@@ -27,6 +27,7 @@ from pcr.pipelines.checkpoints import save_tiny_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 STEPS = 3  # the fewest at which relaxing 20% of the calls relaxes one
+BITS = ["W4A8"]  # one of the profiles' two bit settings: the other adds jobs, not code paths
 # profile -> (tiny checkpoint kind, its model spec, scheduler, UNet calls for STEPS steps)
 PROFILES = {
     "sd15": ("sd15", "sd:tiny", "PNDMScheduler", STEPS + 1),
@@ -60,12 +61,12 @@ def write_prompt_files(workdir: Path, profile: dict) -> None:
 
 
 def miniature(model: str, clip: tuple[Path, Path]) -> dict:
-    """The overrides: the tiny model, 2 prompts per set, STEPS steps at 32x32, 2 shards, tiny CLIP."""
+    """The overrides: the tiny model, 2 prompts per set, STEPS steps at 32x32, 2 shards, tiny CLIP, W4A8."""
     return {
         "model": model,
         "prompts": {"calibration": {"n": 2}, "evaluation": {s: {"n": 2} for s in ("in_domain", "sdprompts", "parti")}},
         "sampling": {"steps": STEPS, "height": 32, "width": 32, "batch_size": 1, "shards": 2},
-        "quant": {"common": {"batch_size": 2}},
+        "quant": {"common": {"batch_size": 2}, "bits": BITS},
         "ablations": {"calib_size": {"sizes": [1, 2]}},
         "metrics": {"clip_model": str(clip[0]), "clip_pretrained": str(clip[1]), "bootstrap": 5, "batch_size": 2},
     }
@@ -109,8 +110,9 @@ def test_paper_profile_runs_end_to_end_in_miniature(profile, metric_networks, tm
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
 
     table = pd.read_csv(workdir / "results/tables/main.csv")
-    variants, bits, sets = config["quant"]["variants"], config["quant"]["bits"], config["prompts"]["evaluation"]
-    assert len(table) == (len(variants) * len(bits) + 1) * len(sets)
+    variants, sets = config["quant"]["variants"], config["prompts"]["evaluation"]
+    assert "W4A8" in config["quant"]["bits"] and set(table["bits"]) == {"W4A8", "FP"}
+    assert len(table) == (len(variants) * len(BITS) + 1) * len(sets)
     assert set(table["prompt_set"]) == set(sets) and (table["n_images"] == 2).all()
     quantized = table[table["variant"] != "fp-reseeded"]
     assert quantized["fid"].notna().all() and quantized["psnr"].between(5, 100).all()

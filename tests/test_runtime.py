@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,9 +8,16 @@ import torch
 from pcr.runtime import available_cpus, use_available_cpus
 
 
-def test_threads_follow_the_affinity_mask_unless_overridden(monkeypatch):
-    monkeypatch.delenv("PCR_TORCH_THREADS", raising=False)
-    assert available_cpus() == len(os.sched_getaffinity(0))
+def test_a_process_pinned_to_one_core_uses_one_thread():
+    """As under taskset or a cluster job given one CPU: torch's default would be every core of the node."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import torch; "
+            "from pcr.runtime import use_available_cpus; print(use_available_cpus(), torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "PCR_TORCH_THREADS"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["1", "1"]
+
+
+def test_the_override_sets_the_threads(monkeypatch):
     monkeypatch.setenv("PCR_TORCH_THREADS", "1")
     before = torch.get_num_threads()
     try:

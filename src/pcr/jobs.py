@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import threading
@@ -29,6 +28,23 @@ __all__ = ["act_ranges", "calibrate", "calibrate_weights", "collect_shards", "de
            "sample_grid", "table", "toy_sample_grid", "train_toy_clip", "train_toy_model"]
 
 
+_IMPORT_LOCK = threading.Lock()
+# diffusers names its classes lazily: their first lookups, made by two jobs starting together in threads,
+# can race and fail ("cannot import name 'StableDiffusionPipeline'"), so the first job makes them alone
+DIFFUSERS_NAMES = ("DiffusionPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline", "ImagePipelineOutput",
+                   "UNet2DConditionModel", "AutoencoderKL", "DDPMScheduler")
+
+
+@functools.cache
+def _import_diffusers() -> None:
+    import diffusers
+
+    from pcr.pipelines.schedulers import SCHEDULERS
+
+    for name in DIFFUSERS_NAMES + tuple(class_name for class_name, _ in SCHEDULERS.values()):
+        getattr(diffusers, name)
+
+
 def job(fn):
     """The job's stderr (progress bars, warnings, its traceback) goes to ``log``; torch gets the CPUs
     for the job and the caller's thread count back after it."""
@@ -37,6 +53,8 @@ def job(fn):
     def run(log: str, *args, **kwargs):
         import torch
 
+        with _IMPORT_LOCK:
+            _import_diffusers()
         threads = torch.get_num_threads()
         with job_log(log):
             use_available_cpus()
@@ -220,7 +238,7 @@ def generate(sampling: dict, model_config: str | None, prompt_file: str, params:
         if params is not None:
             loaded = load_params(params)
             info.update(quant_config_hash=loaded.config.digest(),
-                        params_sha256=hashlib.sha256(Path(params).read_bytes()).hexdigest()[:16])
+                        params_sha256=loaded.digest()[:16])
             pcr.quantize(pipe, loaded)
         run(pipe, list(chosen), Path(manifest).parent, seed=sampling["seed"], batch_size=sampling["batch_size"],
             shard=tuple(shard), num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance"],

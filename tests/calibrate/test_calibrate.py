@@ -69,9 +69,11 @@ def test_quant_mode_off_is_fp_after_quantize(any_pipe):
     params = calibrate(any_pipe, PROMPTS[:2], QuantConfig(num_steps=2, guidance_scale=4.0), progress=False)
     fp = sample_latents(any_pipe, EVAL, SEEDS, 2, 4.0)
     pcr.quantize(any_pipe, params)
-    with quant_mode(any_pipe.unet, weights=False, acts=False):
-        torch.testing.assert_close(sample_latents(any_pipe, EVAL, SEEDS, 2, 4.0), fp, rtol=0, atol=0)
-    unquantize_unet(any_pipe.unet)
+    try:
+        with quant_mode(any_pipe.unet, weights=False, acts=False):
+            torch.testing.assert_close(sample_latents(any_pipe, EVAL, SEEDS, 2, 4.0), fp, rtol=0, atol=0)
+    finally:
+        unquantize_unet(any_pipe.unet)
 
 
 def test_weights_of_an_earlier_calibration_are_reused_only_for_the_same_weight_settings():

@@ -54,6 +54,7 @@ def test_auto_relaxing_measures_every_step_and_stays_within_budget(pipe, method)
     assert len(auto["gains_se"]) == 4 and all(se >= 0 for se in auto["gains_se"])
     assert params.avg_act_bits <= 5.5
     relaxed = [s for s, b in enumerate(params.act_bits) if b == 10]
-    assert relaxed == auto["relaxed_steps"] and len(relaxed) <= 2
+    # the budget lets exactly one call up ((3 * 4 + 10) / 4 = 5.5), and at 4 bits some call gains from it
+    assert relaxed == auto["relaxed_steps"] and len(relaxed) == 1
     assert all(auto["gains"][s] > 0 for s in relaxed)
     assert all(auto["gains"][s] >= auto["gains"][o] for s in relaxed for o in range(4) if o not in relaxed)

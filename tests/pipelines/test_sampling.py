@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from pcr.pipelines import load_pipeline
 from pcr.pipelines.sampling import decode, prepare_batch, prompt_generators, sample_latents
 
 PROMPTS = ["a red circle on the left", "two blue squares"]

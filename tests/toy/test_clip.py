@@ -7,8 +7,17 @@ from safetensors.torch import load_file
 
 from pcr.tokenizer import clip_tokenizer
 from pcr.toy import world
-from pcr.toy.clip import (CONFIG_FILE, TOY_CLIP_NAME, WEIGHTS_FILE, _contrastive_loss, _encode_texts_trimmed,
-                          _hard_negative, attribute_accuracy, encode_texts, load_toy_clip)
+from pcr.toy.clip import (
+    CONFIG_FILE,
+    TOY_CLIP_NAME,
+    WEIGHTS_FILE,
+    _contrastive_loss,
+    _encode_texts_trimmed,
+    _hard_negative,
+    attribute_accuracy,
+    encode_texts,
+    load_toy_clip,
+)
 from pcr.toy.text_encoder import text_encoder_from_open_clip
 
 PROMPTS = ["a large red circle on the left on a black background",
@@ -65,7 +74,8 @@ def test_contrastive_loss_prefers_aligned_pairs_and_counts_duplicates_as_positiv
     # two images of one scene: the loss is the same whichever of its captions each one sits next to
     dup = ["a", "a", "c", "d"]
     swapped = emb[[1, 0, 2, 3]]
-    torch.testing.assert_close(_contrastive_loss(emb, emb, scale, dup, dup), _contrastive_loss(emb, swapped, scale, dup, dup))
+    torch.testing.assert_close(_contrastive_loss(emb, emb, scale, dup, dup),
+                               _contrastive_loss(emb, swapped, scale, dup, dup))
 
 
 def test_hard_negative_changes_exactly_one_attribute():

@@ -12,7 +12,8 @@ from pcr.toy.world import toy_prompts
 
 TINY_RES = 16  # as trained in conftest.py
 
-PROMPTS = ["a large red circle on the left on a black background", "gray background with a small blue square at the top"]
+PROMPTS = ["a large red circle on the left on a black background",
+           "gray background with a small blue square at the top"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_sample_grid_has_a_truth_column_and_one_column_per_seed(pipe):
     assert imgs.shape == (2, 3, TINY_RES, TINY_RES)
 
 
-@pytest.mark.parametrize("scheduler", ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DEISMultistepScheduler"])
+@pytest.mark.parametrize("scheduler",
+                         ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DEISMultistepScheduler"])
 def test_any_diffusers_scheduler_samples_deterministically(tiny_model_dir, scheduler):
     import diffusers
 

@@ -4,10 +4,6 @@ rule calibrate_weights:
         prompts="results/prompts/calibration.json",
     output:
         "results/calib/weights/{wkey}.safetensors",
-    params:
-        spec=MODEL_SPEC,
-        job=lambda w: PLAN.weight_job(w.wkey),
-        compute=config["compute"],
     log:
         "logs/calibrate_weights/{wkey}.log",
     benchmark:
@@ -15,9 +11,22 @@ rule calibrate_weights:
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
+    params:
+        spec=MODEL_SPEC,
+        job=lambda w: PLAN.weight_job(w.wkey),
+        compute=config["compute"],
     run:
-        jobs.calibrate_weights(log[0], params.spec, MODEL_CONFIG, input.prompts, params.job["calib_size"],
-                               params.job["quant"], params.compute, output[0], params.job["scheduler"])
+        jobs.calibrate_weights(
+            log[0],
+            params.spec,
+            MODEL_CONFIG,
+            input.prompts,
+            params.job["calib_size"],
+            params.job["quant"],
+            params.compute,
+            output[0],
+            params.job["scheduler"],
+        )
 
 
 rule calibrate:
@@ -28,12 +37,6 @@ rule calibrate:
     output:
         params="results/calib/{variant}/{bits}.safetensors",
         cost="results/calib/{variant}/{bits}.cost.json",
-    params:
-        spec=MODEL_SPEC,
-        quant=lambda w: PLAN.quant_config(w.variant, w.bits),
-        calib_size=lambda w: PLAN.calib_size(w.variant),
-        scheduler=lambda w: PLAN.scheduler(w.bits),
-        compute=config["compute"],
     log:
         "logs/calibrate/{variant}/{bits}.log",
     benchmark:
@@ -41,9 +44,26 @@ rule calibrate:
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
+    params:
+        spec=MODEL_SPEC,
+        quant=lambda w: PLAN.quant_config(w.variant, w.bits),
+        calib_size=lambda w: PLAN.calib_size(w.variant),
+        scheduler=lambda w: PLAN.scheduler(w.bits),
+        compute=config["compute"],
     run:
-        jobs.calibrate(log[0], params.spec, MODEL_CONFIG, input.prompts, input.weights, params.calib_size,
-                       params.quant, params.compute, output.params, output.cost, params.scheduler)
+        jobs.calibrate(
+            log[0],
+            params.spec,
+            MODEL_CONFIG,
+            input.prompts,
+            input.weights,
+            params.calib_size,
+            params.quant,
+            params.compute,
+            output.params,
+            output.cost,
+            params.scheduler,
+        )
 
 
 # per-step activation ranges of a per-step calibration on the FP trajectory vs a progressive one on the

@@ -5,13 +5,14 @@
 # docstring for why run: blocks and not scripts).
 import os
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from pcr import jobs
 from pcr.plan import FLOOR, FP, FP_BITS, Plan
-from pcr.plan.paths import images
+from pcr.plan.folders import folder_problem, shard_manifest
+from pcr.plan.paths import images, manifest
 from pcr.preflight import preflight
-
 
 validate(config, schema="../schemas/config.schema.yaml")
 PLAN = Plan.from_config(config)  # a config problem the schema cannot see stops here, naming its key
@@ -103,6 +104,20 @@ def generation_inputs(wildcards):
 
 def generation_params(wildcards):
     return PLAN.generation_params(wildcards.variant, wildcards.bits)
+
+
+def rerun_if_stale(path, inputs=()):
+    """`inputs`, after forcing the job that writes the manifest `path` if its folder no longer holds what
+    it lists (pcr.plan.folders says why). Snakemake 9 reruns a job whose output is missing only when
+    something downstream has to run, and never looks at the images (not outputs); forced, as --forcerun
+    <path> would, the job reruns (resuming) and so does everything downstream of it. Called from the
+    generation rules' input functions: only folders of this run's DAG, in the main process."""
+    if workflow.is_main_process and workflow.dag is not None and path not in workflow.dag.forcefiles:
+        problem = folder_problem(path)
+        if problem is not None:
+            logger.warning(f"pcr: {problem}; generating it again (finished images are kept) before what reads it")
+            workflow.dag.forcefiles.add(path)
+    return inputs
 
 
 def metrics_inputs(wildcards):

@@ -3,11 +3,6 @@ rule metrics:
         unpack(metrics_inputs),
     output:
         "results/metrics/{variant}/{bits}/{pset}.json",
-    params:
-        run_info=run_info,
-        settings=config["metrics"],
-        seed=config["seed"],
-        paired=lambda w: w.variant != FLOOR,
     log:
         "logs/metrics/{variant}/{bits}/{pset}.log",
     benchmark:
@@ -15,5 +10,10 @@ rule metrics:
     threads: config["resources"]["threads"]
     resources:
         **model_resources(),
+    params:
+        run_info=run_info,
+        settings=config["metrics"],
+        seed=config["seed"],
+        paired=lambda w: w.variant != FLOOR,
     run:
         jobs.metrics(log[0], config["compute"], output[0], **input, **params)

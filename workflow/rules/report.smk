@@ -19,11 +19,11 @@ rule main_deltas_table:
     output:
         csv="results/tables/main_deltas.csv",
         markdown="results/tables/main_deltas.md",
-    params:
-        baseline=REPORT_BASELINE,
     log:
         "logs/main_deltas_table.log",
     localrule: True
+    params:
+        baseline=REPORT_BASELINE,
     run:
         jobs.delta_table(log[0], list(input), params.baseline, output.csv, output.markdown)
 
@@ -32,8 +32,12 @@ rule ablation_table:
     input:
         lambda w: ablation_metrics(w.name),
     output:
-        csv=report("results/tables/ablation_{name}.csv", caption="../report/ablation_table.rst",
-                   category="Ablations", subcategory="{name}"),
+        csv=report(
+            "results/tables/ablation_{name}.csv",
+            caption="../report/ablation_table.rst",
+            category="Ablations",
+            subcategory="{name}",
+        ),
         markdown="results/tables/ablation_{name}.md",
     log:
         "logs/ablation_table/{name}.log",
@@ -49,13 +53,13 @@ rule figure:
     output:
         png=report("results/figures/{table}.png", caption="../report/figures.rst", category="Figures"),
         pdf="results/figures/{table}.pdf",
-    wildcard_constraints:
-        table=r"main|ablation_[a-z_]+",
-    params:
-        kind=lambda w: w.table,
     log:
         "logs/figure/{table}.log",
+    wildcard_constraints:
+        table=r"main|ablation_[a-z_]+",
     localrule: True
+    params:
+        kind=lambda w: w.table,
     run:
         jobs.figure(log[0], params.kind, input[0], output.png)
 
@@ -66,11 +70,11 @@ rule bits_figure:
     output:
         png=report("results/figures/bits.png", caption="../report/bits.rst", category="Figures"),
         pdf="results/figures/bits.pdf",
-    params:
-        kind="bits",
     log:
         "logs/figure/bits.log",
     localrule: True
+    params:
+        kind="bits",
     run:
         jobs.figure(log[0], params.kind, input[0], output.png)
 
@@ -81,11 +85,11 @@ rule act_ranges_figure:
     output:
         png=report("results/figures/act_ranges_{bits}.png", caption="../report/act_ranges.rst", category="Figures"),
         pdf="results/figures/act_ranges_{bits}.pdf",
-    params:
-        kind="act_ranges",
     log:
         "logs/figure/act_ranges_{bits}.log",
     localrule: True
+    params:
+        kind="act_ranges",
     run:
         jobs.figure(log[0], params.kind, input[0], output.png)
 
@@ -98,15 +102,16 @@ rule sample_grid:
     output:
         png=report("results/figures/samples_{pset}.png", caption="../report/samples.rst", category="Samples"),
         pdf="results/figures/samples_{pset}.pdf",
-    params:
-        labels=lambda w: ["FP"] + [f"{PLAN.label(v)} {lowest_bits()}" for v in MAIN_VARIANTS],
-        rows=config["report"]["grid_prompts"],
     log:
         "logs/sample_grid/{pset}.log",
     localrule: True
+    params:
+        labels=lambda w: ["FP"] + [f"{PLAN.label(v)} {lowest_bits()}" for v in MAIN_VARIANTS],
+        rows=config["report"]["grid_prompts"],
     run:
-        jobs.sample_grid(log[0], input.reference, list(input.images), input.prompts, params.labels, params.rows,
-                         output.png)
+        jobs.sample_grid(
+            log[0], input.reference, list(input.images), input.prompts, params.labels, params.rows, output.png
+        )
 
 
 # -- the experiment (config experiment:): tables of every run, paired deltas, figures per regime --------
@@ -116,11 +121,11 @@ rule experiment_table:
     output:
         csv="results/tables/experiment.csv",
         markdown="results/tables/experiment.md",
-    params:
-        columns=lambda w: experiment_runs()[1],
     log:
         "logs/experiment_table.log",
     localrule: True
+    params:
+        columns=lambda w: experiment_runs()[1],
     run:
         jobs.experiment_table(log[0], list(input), params.columns, output.csv, output.markdown)
 
@@ -131,11 +136,11 @@ rule experiment_deltas_table:
     output:
         csv="results/tables/experiment_deltas.csv",
         markdown="results/tables/experiment_deltas.md",
-    params:
-        columns=lambda w: experiment_runs()[1],
     log:
         "logs/experiment_deltas_table.log",
     localrule: True
+    params:
+        columns=lambda w: experiment_runs()[1],
     run:
         jobs.experiment_deltas(log[0], list(input), params.columns, output.csv, output.markdown)
 
@@ -146,11 +151,11 @@ rule experiment_regime_table:
     output:
         csv="results/tables/experiment/{regime}.csv",
         markdown="results/tables/experiment/{regime}.md",
-    params:
-        columns=lambda w: experiment_runs(w.regime)[1],
     log:
         "logs/experiment_table/{regime}.log",
     localrule: True
+    params:
+        columns=lambda w: experiment_runs(w.regime)[1],
     run:
         jobs.experiment_table(log[0], list(input), params.columns, output.csv, output.markdown)
 
@@ -161,11 +166,11 @@ rule experiment_regime_deltas_table:
     output:
         csv="results/tables/experiment/{regime}_deltas.csv",
         markdown="results/tables/experiment/{regime}_deltas.md",
-    params:
-        columns=lambda w: experiment_runs(w.regime)[1],
     log:
         "logs/experiment_deltas_table/{regime}.log",
     localrule: True
+    params:
+        columns=lambda w: experiment_runs(w.regime)[1],
     run:
         jobs.experiment_deltas(log[0], list(input), params.columns, output.csv, output.markdown)
 
@@ -174,14 +179,18 @@ rule experiment_figure:
     input:
         "results/tables/experiment/{regime}_deltas.csv",
     output:
-        png=report("results/figures/experiment/{regime}_{relax}.png", caption="../report/experiment.rst",
-                   category="Experiment", subcategory="{regime}"),
+        png=report(
+            "results/figures/experiment/{regime}_{relax}.png",
+            caption="../report/experiment.rst",
+            category="Experiment",
+            subcategory="{regime}",
+        ),
         pdf="results/figures/experiment/{regime}_{relax}.pdf",
-    params:
-        relaxed=lambda w: w.relax == "relaxed",
     log:
         "logs/experiment_figure/{regime}_{relax}.log",
     localrule: True
+    params:
+        relaxed=lambda w: w.relax == "relaxed",
     run:
         jobs.experiment_figure(log[0], input[0], params.relaxed, output.png)
 
@@ -190,13 +199,17 @@ rule experiment_act_ranges_figure:
     input:
         "results/tables/experiment/act_ranges_{bits}.csv",
     output:
-        png=report("results/figures/experiment/act_ranges_{bits}.png", caption="../report/act_ranges.rst",
-                   category="Experiment", subcategory="activation ranges"),
+        png=report(
+            "results/figures/experiment/act_ranges_{bits}.png",
+            caption="../report/act_ranges.rst",
+            category="Experiment",
+            subcategory="activation ranges",
+        ),
         pdf="results/figures/experiment/act_ranges_{bits}.pdf",
-    params:
-        kind="act_ranges",
     log:
         "logs/figure/experiment_act_ranges_{bits}.log",
     localrule: True
+    params:
+        kind="act_ranges",
     run:
         jobs.figure(log[0], params.kind, input[0], output.png)

@@ -1,11 +1,6 @@
 rule toy_clip:
     output:
         directory("results/toy/clip"),
-    params:
-        cfg=config["toy"]["clip"],
-        seed=config["seed"],
-        res=config["toy"]["resolution"],
-        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_clip.log",
     benchmark:
@@ -14,6 +9,11 @@ rule toy_clip:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
+    params:
+        cfg=config["toy"]["clip"],
+        seed=config["seed"],
+        res=config["toy"]["resolution"],
+        p_two=config["toy"]["p_two_objects"],
     run:
         jobs.train_toy_clip(log[0], output[0], params.cfg, params.seed, params.res, params.p_two)
 
@@ -23,11 +23,6 @@ rule toy_model:
         clip="results/toy/clip",
     output:
         directory("results/toy/model"),
-    params:
-        cfg=config["toy"]["model"],
-        seed=config["seed"],
-        res=config["toy"]["resolution"],
-        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_model.log",
     benchmark:
@@ -36,6 +31,11 @@ rule toy_model:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
+    params:
+        cfg=config["toy"]["model"],
+        seed=config["seed"],
+        res=config["toy"]["resolution"],
+        p_two=config["toy"]["p_two_objects"],
     run:
         jobs.train_toy_model(log[0], input.clip, output[0], params.cfg, params.seed, params.res, params.p_two)
 
@@ -46,11 +46,6 @@ rule toy_evaluator:
         model="results/toy/model",
     output:
         "results/toy/evaluator.json",
-    params:
-        sample=config["toy"]["sample"],
-        n=config["toy"]["evaluate"]["prompts"],
-        seed=config["seed"],
-        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_evaluator.log",
     benchmark:
@@ -59,9 +54,15 @@ rule toy_evaluator:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
+    params:
+        sample=config["toy"]["sample"],
+        n=config["toy"]["evaluate"]["prompts"],
+        seed=config["seed"],
+        p_two=config["toy"]["p_two_objects"],
     run:
-        jobs.evaluate_toy(log[0], input.model, input.clip, output[0], params.sample, params.n, params.seed,
-                          params.p_two)
+        jobs.evaluate_toy(
+            log[0], input.model, input.clip, output[0], params.sample, params.n, params.seed, params.p_two
+        )
 
 
 rule toy_sample_grid:
@@ -74,13 +75,6 @@ rule toy_sample_grid:
             category="Toy world",
         ),
         prompts="results/toy/sample_grid.txt",
-    params:
-        sample=config["toy"]["sample"],
-        rows=config["toy"]["evaluate"]["grid_prompts"],
-        cols=config["toy"]["evaluate"]["grid_seeds"],
-        seed=config["seed"],
-        res=config["toy"]["resolution"],
-        p_two=config["toy"]["p_two_objects"],
     log:
         "logs/toy_sample_grid.log",
     benchmark:
@@ -89,6 +83,22 @@ rule toy_sample_grid:
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
+    params:
+        sample=config["toy"]["sample"],
+        rows=config["toy"]["evaluate"]["grid_prompts"],
+        cols=config["toy"]["evaluate"]["grid_seeds"],
+        seed=config["seed"],
+        res=config["toy"]["resolution"],
+        p_two=config["toy"]["p_two_objects"],
     run:
-        jobs.toy_sample_grid(log[0], input.model, output.grid, output.prompts, params.sample, params.rows,
-                             params.cols, params.seed, params.p_two)
+        jobs.toy_sample_grid(
+            log[0],
+            input.model,
+            output.grid,
+            output.prompts,
+            params.sample,
+            params.rows,
+            params.cols,
+            params.seed,
+            params.p_two,
+        )

@@ -132,13 +132,25 @@ def create_extractor(name: str, weights: str | os.PathLike | None = None, cuda: 
 @torch.no_grad()
 def extract_features(extractor, layer: str, files: list[Path], batch_size: int = 64,
                      cuda: bool = False) -> torch.Tensor:
-    """(N, D) features of image files in the given order, through torch-fidelity's own loading."""
+    """(N, D) features of image files in the given order, through torch-fidelity's own loading; a file
+    that does not decode, or is of another size, is an error naming it."""
     from torch_fidelity.datasets import ImagesPathDataset
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
+    from pcr.bench.folders import FolderError, first_unreadable
+
     dataset = ImagesPathDataset([str(f) for f in files])
-    # save_cpu_ram: no loader worker processes (the dataset only decodes PNGs)
-    return get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda, save_cpu_ram=True, verbose=False)[layer]
+    try:
+        # save_cpu_ram: no loader worker processes (the dataset only decodes PNGs)
+        return get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda, save_cpu_ram=True,
+                                             verbose=False)[layer]
+    except (OSError, RuntimeError) as err:  # PIL's "image file is truncated", torch's "stack expects ..."
+        # the file neither error names (real images come unchecked); other errors (CUDA memory) as they are
+        culprit = first_unreadable(files) if isinstance(err, OSError) or "stack expects" in str(err) else None
+        if culprit is None:
+            raise
+        raise FolderError(f"{culprit}; the feature network reads images that decode, all of one size: replace or "
+                          "remove the file(s)") from err
 
 
 class ClipScorer:

@@ -3,46 +3,53 @@
 Image i (prompt index i) is sampled from seed `seed + i`, whatever the batching or sharding, so
 the full-precision run and every quantized run start each prompt from the same noise and their
 images pair up by file name. Each PNG is written atomically, so a killed run leaves only whole
-images, and a rerun skips them. Work is cut into fixed batches of prompt indices, so sharded,
+images, and a rerun keeps them (an image that is not the file the manifest pins, or does not decode
+at the folder's size, is sampled again). Work is cut into fixed batches of prompt indices, so sharded,
 resumed and uninterrupted runs write the same folder bit for bit.
 
 Folder layout:
   00000.png, 00001.png, ...           one image per prompt index
   generation.json                     the settings; a rerun with other settings is refused
-  manifest.csv                        index, prompt, seed, file (when the folder is complete)
+  manifest.csv                        index, prompt, seed, file, bytes, sha256 (when the folder is
+                                      complete): consumers check the images against it (pcr.bench.folders)
   manifest.shard-K-of-N.csv           one per shard of a sharded run; merge_manifests joins them
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import math
+import numbers
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pcr.bench.folders import (
+    MANIFEST,
+    SETTINGS,
+    FolderError,
+    changed_images,
+    image_name,
+    read_manifest,
+    usable_image,
+    write_manifest,
+)
 from pcr.bench.prompts import prompts_digest
 from pcr.io import atomic_file
 
 __all__ = ["MANIFEST", "SEED_RULE", "SETTINGS", "GenerationError", "collect_shards", "generate", "image_name",
            "merge_manifests", "read_manifest"]
 
-MANIFEST = "manifest.csv"
-SETTINGS = "generation.json"
 SEED_RULE = "seed + index"  # recorded with every result: how image i's seed follows from the base seed
-FIELDS = ("index", "prompt", "seed", "file")
 
 
 class GenerationError(RuntimeError):
     """An output folder holds images of other settings, or a sharded run is incomplete."""
-
-
-def image_name(index: int) -> str:
-    return f"{index:05d}.png"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -51,20 +58,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _write_manifest(path: Path, prompts: Sequence[str], indices: Sequence[int], seed: int) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(FIELDS)
-        writer.writerows((i, prompts[i], seed + i, image_name(i)) for i in indices)
-
-
-def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """Rows of a manifest as dicts with int index and seed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest {path}; pcr.bench.generate() writes it (merge_manifests after shards)")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [{**r, "index": int(r["index"]), "seed": int(r["seed"])} for r in rows]
+    write_manifest(path, ((i, prompts[i], seed + i) for i in indices))
 
 
 def _clear(out_dir: Path) -> None:
@@ -110,17 +104,18 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
 
     Prompts are cut into fixed batches of `batch_size` (indices 0..b-1, b..2b-1, ...); shard k of n
     runs the batches j with j % n == k and writes manifest.shard-k-of-n.csv; an unsharded run
-    writes manifest.csv. Finished images are skipped. batch_size is a setting of the folder, like
-    the step count: a rerun must use the same one. `info` (model spec, quant config hash, prompt
-    set name) is stored in generation.json for the metrics' provenance. The pipeline's own
-    progress bar is silenced during the call; ours counts images. `replace_stale=True` deletes a
-    folder of other settings instead of refusing it (the workflow, whose inputs changed, uses it;
-    a folder of the same settings is always resumed).
+    writes manifest.csv, which pins each image's size and sha256. Finished images are kept: those a
+    manifest in the folder pins, or (none does) that decode whole at the folder's size; any other is
+    sampled again. A batch with NaN or inf pixels is refused before anything of it is written.
+    batch_size is a setting of the folder, like the step count: a rerun must use the same one.
+    `info` (model spec, quant config hash, prompt set name) is stored in generation.json for the
+    metrics' provenance. The pipeline's own progress bar is silenced during the call; ours counts
+    images. `replace_stale=True` deletes a folder of other settings instead of refusing it (the
+    workflow, whose inputs changed, uses it; a folder of the same settings is always resumed).
     """
     k, n = _check_shard(shard)
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must be a non-empty sequence of strings")
+    prompts = _check_prompts(prompts)
+    _check_guidance(guidance_scale)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out_dir = Path(out_dir)
@@ -142,7 +137,7 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
     for i in mine:  # temporary files a killed run of this shard left behind
         for stale in out_dir.glob(f".{image_name(i)}.*.tmp"):
             stale.unlink(missing_ok=True)
-    missing = {i for i in mine if not (out_dir / image_name(i)).is_file()}
+    missing = _to_sample(out_dir, mine, settings["resolution"])
     todo = [batch for j, batch in enumerate(batches) if j % n == k and missing.intersection(batch)]
     size = {key: v for key, v in (("height", height), ("width", width)) if v is not None}
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
@@ -156,9 +151,9 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
                 # CPU generators: the same seed gives the same initial noise on any device
                 generators = [torch.Generator().manual_seed(seed + i) for i in batch]
                 out = pipe([prompts[i] for i in batch], num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, generator=generators, output_type="pil", **size)
+                           guidance_scale=guidance_scale, generator=generators, output_type="np", **size)
                 _refuse_filtered(out, batch)
-                for i, image in zip(batch, out.images, strict=True):
+                for i, image in zip(batch, _to_pil(pipe, out.images, batch, prompts), strict=True):
                     if i in missing:
                         with atomic_file(out_dir / image_name(i)) as tmp:
                             image.save(tmp, format="PNG")
@@ -170,6 +165,57 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
     manifest = out_dir / (MANIFEST if n == 1 else f"manifest.shard-{k}-of-{n}.csv")
     _write_manifest(manifest, prompts, sorted(mine), seed)
     return manifest
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):  # a string is a sequence too: it would sample one image per character
+        raise TypeError(f"prompts must be a list of prompts, got the string {prompts!r}; pass [{prompts!r}] "
+                        "for one image")
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty sequence of strings")
+    return prompts
+
+
+def _check_guidance(guidance_scale) -> None:
+    """Every pipeline pcr samples (diffusers' and the toy) skips classifier-free guidance at a scale <= 1,
+    so 1 means 'no guidance'; zero, a negative scale or NaN would be recorded as a setting that means
+    nothing."""
+    if (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real)
+            or not math.isfinite(guidance_scale) or guidance_scale <= 0):
+        raise ValueError(f"guidance_scale must be a number > 0, got {guidance_scale!r}: 1 samples without "
+                         "classifier-free guidance, larger values guide (Stable Diffusion's usual is 7.5)")
+
+
+def _to_sample(out_dir: Path, mine: list[int], resolution: list) -> set[int]:
+    """The indices a run samples: images absent, not the file a manifest in the folder pins, or (none
+    pins it: Snakemake removes the manifest before a rerun) not decoding whole at the folder's size. A
+    truncated or foreign PNG is never kept for its name alone."""
+    rows = {}
+    for path in sorted(out_dir.glob("manifest*.csv")):
+        try:
+            rows.update((r["index"], r) for r in read_manifest(path))
+        except (FolderError, ValueError):  # an unreadable manifest pins nothing: its images are decoded
+            continue
+    size = None if None in resolution else (resolution[1], resolution[0])  # PIL's (width, height)
+    return {i for i in mine if not usable_image(out_dir / image_name(i), rows.get(i), size)}
+
+
+def _to_pil(pipe, images, batch: list[int], prompts: Sequence[str]) -> list:
+    """PIL images of a batch sampled as floats in [0, 1], converted as the pipeline converts its own
+    output_type="pil" (the PNGs are the same bit for bit), after refusing NaN or inf, which the
+    conversion to uint8 would write as black or white pixels unnoticed."""
+    pixels = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    bad = [i for i, image in zip(batch, pixels, strict=True) if not np.isfinite(image).all()]
+    if bad:
+        named = ", ".join(f"{image_name(i)} ({prompts[i]!r})" for i in bad[:5])
+        raise GenerationError(
+            f"the pipeline sampled non-finite pixels (NaN or inf) for {len(bad)} image(s): {named}; nothing of "
+            "this batch is written. The usual cause is NaN or inf weights or quantization parameters (check the "
+            "model and the calibration file its UNet was quantized with), or a float16 overflow (sample in "
+            "float32 to tell).")
+    convert = getattr(getattr(pipe, "image_processor", None), "numpy_to_pil", None) or pipe.numpy_to_pil
+    return convert(pixels)
 
 
 def _model_provenance(pipe, height: int | None, width: int | None) -> dict:
@@ -218,10 +264,10 @@ def merge_manifests(out_dir: str | os.PathLike) -> Path:
     if [r["index"] for r in rows] != list(range(settings["count"])):
         raise GenerationError(f"{out_dir}: the shard manifests do not cover indices 0..{settings['count'] - 1} "
                               "exactly once; regenerate the folder")
-    absent = [r["file"] for r in rows if not (out_dir / r["file"]).is_file()]
-    if absent:
-        raise GenerationError(f"{out_dir}: images {absent[:5]} listed in the shard manifests are missing; "
-                              "rerun their shards (finished images are skipped)")
+    changed = changed_images(out_dir, rows)
+    if changed:
+        raise GenerationError(f"{out_dir}: images {changed[:5]} listed in the shard manifests are missing or not the "
+                              "files they pin; rerun their shards (finished images are kept, these sampled again)")
     prompts = [r["prompt"] for r in rows]
     _write_manifest(out_dir / MANIFEST, prompts, range(len(prompts)), settings["seed"])
     return out_dir / MANIFEST
@@ -243,6 +289,12 @@ def collect_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Pa
                    for r in read_manifest(p)), key=lambda r: r["index"])
     if [r["index"] for r in rows] != list(range(settings[0]["count"])):
         raise GenerationError(f"the shard folders do not cover indices 0..{settings[0]['count'] - 1} exactly once")
+    for d in shard_dirs:
+        changed = changed_images(d, [r for r in rows if r["folder"] == d])
+        if changed:
+            raise GenerationError(f"shard folder {d}: {', '.join(changed[:5])} missing or not the files its manifest "
+                                  "pins (changed after generation); delete them and rerun that shard's generation "
+                                  "(finished images are kept, these sampled again)")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, settings[0], replace_stale=True)
     for r in rows:

@@ -25,7 +25,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pcr.bench.features import TOY_CLIP, cached_network, create_extractor, extract_features, load_clip_scorer
-from pcr.bench.generation import SEED_RULE, SETTINGS, image_name
+from pcr.bench.folders import SETTINGS, FolderError, check_images, image_files
+from pcr.bench.generation import SEED_RULE
 from pcr.bench.prompts import prompts_digest
 from pcr.io import atomic_file
 
@@ -169,15 +170,16 @@ def _settings(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _image_files(folder: Path, n: int) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist; generate it with pcr.bench.generate()")
-    files = [folder / image_name(i) for i in range(n)]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder} lacks {len(missing)} of the {n} images ({', '.join(missing[:5])}...); "
-                                "finish its generation (a rerun skips finished images)")
-    return files
+def _checked_files(images_dir: Path, reference_dir: Path, n: int) -> tuple[list[Path], list[Path]]:
+    """Both folders' images 0..n-1, checked before any network sees them (pcr.bench.folders.check_images:
+    each is the file its manifest pins, or decodes; one size per folder), and of one size across them."""
+    gen_files, ref_files = image_files(images_dir, n), image_files(reference_dir, n)
+    size, ref_size = check_images(images_dir, gen_files), check_images(reference_dir, ref_files)
+    if size != ref_size:
+        raise FolderError(f"the images of {images_dir} are {size[0]}x{size[1]}, those of the reference "
+                          f"{reference_dir} {ref_size[0]}x{ref_size[1]}: paired metrics compare images of one size; "
+                          "generate both folders at the same resolution")
+    return gen_files, ref_files
 
 
 def _check_pairing(images: dict | None, reference: dict | None, prompts: list[str], paired: bool) -> None:
@@ -299,6 +301,8 @@ def evaluate(images_dir: str | os.PathLike, reference_dir: str | os.PathLike, pr
     of FID from sampling alone); PSNR/SSIM then compare unrelated images and are marked unpaired.
 
     `prompts` (a PromptSet or a list of strings) are the prompts both folders were generated from.
+    The images are checked before anything is measured: one that is not the file its folder's manifest
+    pins (damaged, edited, swapped), does not decode, or differs in size is an error naming it.
     model / quant_config_hash default to what generate recorded in images_dir's generation.json.
     Returns {"metrics": ..., "provenance": ..., "config": ...}; write it with write_metrics."""
     import torch_fidelity
@@ -306,11 +310,13 @@ def evaluate(images_dir: str | os.PathLike, reference_dir: str | os.PathLike, pr
     import pcr
 
     config = config or MetricsConfig()
+    if isinstance(prompts, str):  # a string is a sequence too: one prompt per character
+        raise TypeError(f"prompts must be a PromptSet or a list of prompts, got the string {prompts!r}")
     texts = [str(p) for p in prompts]
     if len(texts) < 2:
         raise ValueError(f"FID and KID need at least 2 images, got {len(texts)} prompts")
     images_dir, reference_dir = Path(images_dir), Path(reference_dir)
-    gen_files, ref_files = _image_files(images_dir, len(texts)), _image_files(reference_dir, len(texts))
+    gen_files, ref_files = _checked_files(images_dir, reference_dir, len(texts))
     gen_settings = _settings(images_dir)
     _check_pairing(gen_settings, _settings(reference_dir), texts, paired)
 

@@ -8,7 +8,9 @@ Specs, as `load_prompts` reads them:
   txt:<file>                       plain text, one prompt a line
   toy:<split>                      the toy world's splits: train, calib, eval_in, eval_out (n is required)
 
-Every set is a set: prompts are stripped, empty ones dropped, and duplicates dropped (first kept).
+Every set is a set: prompts are stripped, empty ones dropped, and duplicates dropped (first spelling
+kept), two prompts being the same when check_disjoint would call them the same (case and spacing
+aside). Files are read as UTF-8, a byte-order mark ignored.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class PromptSet:
     name: str
     prompts: tuple[str, ...]
 
+    def __post_init__(self):
+        object.__setattr__(self, "prompts", tuple(_prompt_list(self.prompts, "PromptSet prompts")))
+
     def __len__(self) -> int:
         return len(self.prompts)
 
@@ -70,14 +75,23 @@ class PromptSet:
 
 def prompts_digest(prompts: Sequence[str]) -> str:
     """12 hex digits identifying the exact prompts and their order (recorded by generate, checked by evaluate)."""
-    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(_prompt_list(prompts, "prompts_digest")).encode()).hexdigest()[:12]
+
+
+def _prompt_list(prompts, where: str) -> list:
+    """``prompts`` as a list; a bare string would be read as one prompt per character, so it is refused."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError(f"{where} takes a list of prompts, got the single string {prompts[:60]!r}; wrap it: [prompt]")
+    return list(prompts)
 
 
 def _distinct(texts: Iterable[str]) -> tuple[str, ...]:
-    """Stripped, non-empty, first occurrence kept."""
-    out = dict.fromkeys(t.strip() for t in texts if isinstance(t, str))
-    out.pop("", None)
-    return tuple(out)
+    """Stripped, non-empty, one per normalised prompt (check_disjoint's sameness), first spelling kept."""
+    out: dict[str, str] = {}
+    for text in texts:
+        if isinstance(text, str) and text.strip():
+            out.setdefault(_normalize(text), text.strip())
+    return tuple(out.values())
 
 
 def _require_file(path: Path, kind: str, expected: str) -> None:
@@ -90,7 +104,7 @@ def _load_coco(path: Path) -> tuple[str, ...]:
                 "'annotations' list of {'image_id', 'id', 'caption'}")
     _require_file(path, "COCO", expected)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); expected {expected}") from None
     annotations = data.get("annotations") if isinstance(data, dict) else None
@@ -112,7 +126,7 @@ def _column(rows: list[dict], columns: Sequence[str], path: Path, kind: str) -> 
 
 def _load_delimited(path: Path, kind: str, delimiter: str) -> tuple[str, ...]:
     _require_file(path, kind, f"a {'tab' if delimiter == chr(9) else 'comma'}-separated file with a 'Prompt' column")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         # PartiPrompts is plain TSV, not CSV-quoted: a prompt may start with a quoted word
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
@@ -143,7 +157,7 @@ def _load_sdprompts(path: Path) -> tuple[str, ...]:
 def _load_txt(path: Path) -> tuple[str, ...]:
     _require_file(path, "text", "a UTF-8 text file with one prompt a line")
     try:
-        return _distinct(path.read_text(encoding="utf-8").splitlines())
+        return _distinct(path.read_text(encoding="utf-8-sig").splitlines())
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text ({err}); expected one prompt a line") from None
 
@@ -183,7 +197,7 @@ def write_prompt_set(path: str | os.PathLike, prompts: PromptSet) -> None:
 
 def read_prompt_set(path: str | os.PathLike, n: int | None = None) -> PromptSet:
     """A set saved by write_prompt_set; `n` keeps its first n prompts (a calibration-size ablation)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     prompts = PromptSet(data["name"], tuple(data["prompts"]))
     if n is None or n == len(prompts):
         return prompts
@@ -199,6 +213,8 @@ def _normalize(text: str) -> str:
 
 def check_disjoint(calib: PromptSet | Sequence[str], evaluation: PromptSet | Sequence[str], show: int = 5) -> None:
     """Raise PromptOverlapError naming (up to `show` of) the prompts both sets hold."""
+    _prompt_list(calib, "check_disjoint's calibration set")
+    _prompt_list(evaluation, "check_disjoint's evaluation set")
     seen = {_normalize(p) for p in calib}
     shared = [p for p in evaluation if _normalize(p) in seen]
     if shared:

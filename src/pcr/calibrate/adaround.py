@@ -101,7 +101,8 @@ def _call_unet(unet: nn.Module, call: tuple) -> None:
         unet(sample, t, **kwargs)
 
 
-def reconstruction_units(unet: nn.Module, layers: dict[str, QuantLayerMixin], example: tuple) -> list[tuple[str, nn.Module]]:
+def reconstruction_units(unet: nn.Module, layers: dict[str, QuantLayerMixin],
+                         example: tuple) -> list[tuple[str, nn.Module]]:
     """(name, module) of every unit in the order the UNet calls them."""
     blocks = {n: m for n, m in unet.named_modules() if type(m).__name__ in UNIT_CLASSES}
     units = dict(blocks)
@@ -134,7 +135,8 @@ def _unit_io(unet: nn.Module, unit: nn.Module, calls: list[tuple], want: str) ->
         seen.append(_to(output, "cpu"))
         raise _Stop
 
-    handle = unit.register_forward_pre_hook(pre, with_kwargs=True) if want == "inputs" else unit.register_forward_hook(post)
+    handle = (unit.register_forward_pre_hook(pre, with_kwargs=True) if want == "inputs"
+              else unit.register_forward_hook(post))
     try:
         for call in calls:
             try:

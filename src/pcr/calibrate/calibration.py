@@ -15,6 +15,7 @@ from pcr.calibrate.weights import calibrate_weights
 from pcr.pipelines.sampling import count_unet_calls
 from pcr.pipelines.steps import StepTracker
 from pcr.quant.config import ACT_METHODS, ADAROUND_KEYS, WEIGHT_KEYS, QuantConfig
+from pcr.quant.integrity import check_weights
 from pcr.quant.model import quantize_unet, unquantize_unet
 from pcr.quant.params import QuantParams, apply_weights, collect_params
 
@@ -39,7 +40,7 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
     latents on a CPU), at about 2x the FP model's memory instead of 1.25x (benchmarks/sd_scale.py).
     """
     config = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config)
-    prompts = list(prompts)
+    prompts = prompt_list(prompts, "calibrate")
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("calibrate needs a non-empty list of prompt strings.")
     seeds, num_calls = _start(pipe, prompts, config)
@@ -60,8 +61,10 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig | dict, model: str |
             act_bits = _relax_auto(pipe, layers, prompts, seeds, config, info, progress)
         timesteps, resolution = info.pop("timesteps"), info.pop("resolution")
         info["observed_steps"] = {str(k): v for k, v in info["observed_steps"].items()}
-        return collect_params(pipe.unet, config, act_bits, timesteps, type(pipe.scheduler).__name__,
-                              model or _model_name(pipe), info, resolution)
+        params = collect_params(pipe.unet, config, act_bits, timesteps, type(pipe.scheduler).__name__,
+                                model or _model_name(pipe), info, resolution)
+        params.check()  # what save_params would refuse is refused here, before the caller uses it
+        return params
     finally:
         unquantize_unet(pipe.unet)
 
@@ -72,7 +75,7 @@ def calibrate_weights_only(pipe, prompts: list[str], config: QuantConfig | dict,
     every activation method with the same weight settings. Its activation parameters are unset, so
     ``pcr.quantize`` refuses it. ``prompts`` feed AdaRound; min-max and MSE weights do not read them."""
     config = config if isinstance(config, QuantConfig) else QuantConfig.from_dict(config)
-    prompts = list(prompts)
+    prompts = prompt_list(prompts, "calibrate_weights_only")
     seeds, num_calls = _start(pipe, prompts, config)
     layers = quantize_unet(pipe.unet, config, num_calls, cache_weights=False)
     try:
@@ -84,8 +87,18 @@ def calibrate_weights_only(pipe, prompts: list[str], config: QuantConfig | dict,
         unquantize_unet(pipe.unet)
 
 
+def prompt_list(prompts, caller: str) -> list[str]:
+    """``prompts`` as a list of strings; a bare string (which would calibrate on its characters) is refused."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError(f"{caller}: prompts must be a list of prompt strings, got the single string {prompts!r} "
+                        f"(it would calibrate on its {len(prompts)} characters); pass [{prompts!r}].")
+    return list(prompts)
+
+
 def _start(pipe, prompts: list[str], config: QuantConfig) -> tuple[list[int], int]:
-    """(seed of each prompt, UNet calls per sampling run), with the pipeline's StepTracker attached."""
+    """(seed of each prompt, UNet calls per sampling run), with the pipeline's StepTracker attached and
+    its UNet's weights checked (a NaN weight makes most activation ranges NaN)."""
+    check_weights(pipe.unet)
     StepTracker.attach(pipe)
     return [config.seed + i for i in range(len(prompts))], count_unet_calls(pipe.scheduler, config.num_steps)
 
@@ -129,4 +142,5 @@ def _reuse_weights(layers, weights: QuantParams, config: QuantConfig) -> None:
     if differ:
         raise ValueError(f"The given weights were calibrated with other weight settings ({differ} differ); "
                          "calibrate the weights for this config instead.")
+    weights.check()  # NaN scales or impossible codes would be carried into every activation method
     apply_weights(layers, weights)

@@ -25,10 +25,11 @@ from pcr.calibrate.observers import make_observer
 from pcr.pipelines.sampling import DenoisingBatch
 from pcr.pipelines.steps import get_step_tracker
 from pcr.quant.config import QuantConfig
+from pcr.quant.integrity import check_act_ranges
 from pcr.quant.layers import QuantLayerMixin
 from pcr.quant.model import quant_mode
 
-__all__ = ["call_order", "fix_step", "new_observers", "observe_call", "observe_layer_by_layer"]
+__all__ = ["call_order", "check_observed", "fix_step", "new_observers", "observe_call", "observe_layer_by_layer"]
 
 
 def new_observers(layers: dict[str, QuantLayerMixin], config: QuantConfig) -> dict:
@@ -63,6 +64,13 @@ def observe_call(unet, layers: dict[str, QuantLayerMixin], batches: list[Denoisi
     finally:
         for layer in layers.values():
             layer.act_quantizer.observer = None
+    check_observed(observers, batches, step)
+
+
+def check_observed(observers: dict, batches: list[DenoisingBatch], step: int) -> None:
+    """Stop at the UNet call whose activations were NaN or inf, naming the layers (NonFiniteError)."""
+    check_act_ranges({name: o.extremes() for name, o in observers.items()}, step, batches[0].num_calls,
+                     batches[0].scheduler.timesteps[step])
 
 
 def _fix_on_sight(layer: QuantLayerMixin, observer, step: int, bits: int, rows: list[int], weight: float):
@@ -124,10 +132,11 @@ def observe_layer_by_layer(unet, layers: dict[str, QuantLayerMixin], batches: li
     for name in call_order(unet, layers, batches[0], step):
         observer = new_observers({name: layers[name]}, config)[name]
         quantizer = layers[name].act_quantizer
-        quantizer.observer = lambda x, _step: [observer.update(part) for part in x.split(rows)]
+        quantizer.observer = lambda x, _step, o=observer: [o.update(part) for part in x.split(rows)]
         try:
             with quant_mode(unet, weights=weights_on, acts=True):
                 _merged_call(unet, batches, step)
         finally:
             quantizer.observer = None
+        check_observed({name: observer}, batches, step)
         quantizer.set_step(step, *observer.range(bits, quantizer.symmetric), bits)

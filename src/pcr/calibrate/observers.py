@@ -9,6 +9,8 @@ activations, so calibration memory does not grow with prompts x steps.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pcr.quant.quantizer import affine_params, qrange
@@ -31,6 +33,10 @@ class MinMaxObserver:
         if self.lo is None:
             raise RuntimeError("The observer saw no data: the layer was never called during calibration.")
         return self.lo, self.hi
+
+    def extremes(self) -> torch.Tensor:
+        """(lo, hi) of what it tracks, NaN or inf once the data was (pcr.quant.integrity checks it per call)."""
+        return torch.zeros(2) if self.lo is None else torch.stack([self.lo, self.hi])
 
 
 class EMAObserver(MinMaxObserver):
@@ -59,10 +65,16 @@ class HistogramObserver:
         self.mode, self.bins, self.percentile, self.grid = mode, bins, percentile, grid
         self.hist: torch.Tensor | None = None  # float64 counts
         self.lo = self.hi = 0.0
+        self.finite = True  # False once it saw NaN or inf: lo, hi keep them, the histogram stops
 
     def update(self, x: torch.Tensor, weight: float = 1.0) -> None:
         x = x.detach().float().flatten()
         lo, hi = (v.item() for v in torch.aminmax(x))
+        if not self.finite or not math.isfinite(lo) or not math.isfinite(hi):
+            # NaN or inf cannot be binned; kept as the range, the per-call check names the layer and call
+            if self.finite:
+                self.lo, self.hi, self.finite = lo, hi, False
+            return
         if self.hist is None:
             self.lo, self.hi = lo, hi if hi > lo else lo + 1e-8
             self.hist = torch.zeros(self.bins, dtype=torch.float64, device=x.device)
@@ -82,7 +94,13 @@ class HistogramObserver:
         self.hist = new_cdf.diff()
         self.lo, self.hi = lo, hi
 
+    def extremes(self) -> torch.Tensor:
+        """(lo, hi) of the histogram, NaN or inf once the data was (pcr.quant.integrity checks it per call)."""
+        return torch.tensor([self.lo, self.hi])
+
     def range(self, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.finite:
+            return torch.tensor(self.lo), torch.tensor(self.hi)
         if self.hist is None:
             raise RuntimeError("The observer saw no data: the layer was never called during calibration.")
         if self.mode == "percentile":

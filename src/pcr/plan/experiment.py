@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pcr.plan.paths import figure, metrics_file
-from pcr.plan.settings import FLOOR, FP_BITS, ConfigProblem, Regime
+from pcr.plan.settings import FLOOR, FP_BITS, ConfigProblem, Regime, check_bits, make_regime
 from pcr.quant.relaxing import RelaxSpec
 
 if TYPE_CHECKING:
@@ -41,16 +41,18 @@ class ExperimentRun:
         return {**self.regime.columns(), "base_variant": self.method, "relax": self.relaxed}
 
 
-def expand_regimes(entries: list[dict]) -> list[Regime]:
-    """Each entry's lists crossed (steps x guidance x scheduler); the first of equal regimes is kept."""
+def expand_regimes(entries: list[dict], key: str = f"{KEY}.regimes") -> list[Regime]:
+    """Each entry's lists crossed (steps x guidance x scheduler); the first of equal regimes is kept. A
+    value that cannot be sampled is a ConfigProblem naming its entry, e.g. experiment.regimes[0].guidance."""
     def listed(value):
         return value if isinstance(value, list) else [value]
 
     out = []
-    for entry in entries:
-        for steps, guidance, scheduler in itertools.product(listed(entry["steps"]), listed(entry["guidance"]),
+    for i, entry in enumerate(entries):
+        for steps, guidance, scheduler in itertools.product(listed(entry.get("steps")), listed(entry.get("guidance")),
                                                             listed(entry.get("scheduler"))):
-            regime = Regime(steps, float(guidance), scheduler)
+            regime = make_regime(f"{key}[{i}]", steps, guidance, scheduler)
+            regime = Regime(regime.steps, float(regime.guidance), regime.scheduler)
             if regime not in out:
                 out.append(regime)
     return out
@@ -62,7 +64,7 @@ class Experiment:
     def __init__(self, plan: Plan, section: dict):
         self.plan = plan
         self.regimes = expand_regimes(section["regimes"])
-        self.bits = list(section["bits"])
+        self.bits = list(check_bits(f"{KEY}.bits", section["bits"]))
         self.methods = list(section["methods"])
         self.prompt_sets = list(section["prompt_sets"])
         self._check_prompt_sets(section["images"])
@@ -94,7 +96,8 @@ class Experiment:
         try:
             spec = RelaxSpec.from_keys(keys)
         except ValueError as err:
-            raise ConfigProblem(f"{KEY}.relax", str(err)) from None
+            key = f"{KEY}.relax.{err.key}" if getattr(err, "key", None) else f"{KEY}.relax"
+            raise ConfigProblem(key, str(err)) from None
         if not spec.relaxes:
             raise ConfigProblem(f"{KEY}.relax", "relaxes no call; give relax_interval, relax_steps or "
                                                 "relax_auto_bits (or leave relax out)")
@@ -112,7 +115,7 @@ class Experiment:
                                                       "(the experiment adds experiment.relax to each method)")
             out[method, True] = self.plan.add_variant(
                 f"{method}+relax", f"{base.label} + {self.relax.label}", {**base.quant, **self.relax.to_keys()},
-                key=KEY, base=method)
+                key=f"{KEY}.relax", base=method)
         return out
 
     @property

@@ -5,7 +5,8 @@ run its QuantConfig, its sampling, its table knobs and its files.
 Pure Python (no torch, no Snakemake): planning the DAG takes a second, and a unit test reaches every
 decision. workflow/rules/common.smk wraps it for the rules. A config problem the schema cannot see
 (a name that refers to nothing, a count that does not fit) raises ConfigProblem naming the key's
-path here, at planning time, before any job runs.
+path here, at planning time, before any job runs: every run's QuantConfig is built and its relaxing
+checked against the UNet calls of the regime it runs in, so no job fails on its config.
 """
 
 from __future__ import annotations
@@ -16,8 +17,20 @@ import json
 from pcr.plan.ablations import ABLATIONS, Ablation
 from pcr.plan.experiment import Experiment
 from pcr.plan.paths import calib_cost, calib_params, figure, manifest, metrics_file, prompt_file
-from pcr.plan.settings import FLOOR, FP, FP_BITS, RESEED, ConfigProblem, Regime, Variant, parse_bits
+from pcr.plan.settings import (
+    FLOOR,
+    FP,
+    FP_BITS,
+    RESEED,
+    ConfigProblem,
+    Regime,
+    Variant,
+    check_bits,
+    parse_bits,
+    sampling_regime,
+)
 from pcr.quant.config import ADAROUND_KEYS, WEIGHT_KEYS, ConfigError, QuantConfig
+from pcr.quant.relaxing import upgrade_keys
 
 __all__ = ["Plan"]
 
@@ -32,12 +45,14 @@ class Plan:
         self.model_spec = "toy:results/toy/model" if self.toy else config["model"]
         self.model_input = {"model": "results/toy/model"} if self.toy else {}
         self.model_config = config.get("model_config")  # the components of a single-file checkpoint
-        sampling = config["sampling"]
-        self.default_regime = Regime(sampling["steps"], sampling["guidance"], sampling.get("scheduler"))
+        self.default_regime = sampling_regime(config["sampling"])
         self.regimes = {self.default_regime.name: self.default_regime}
         self.calib_n = config["prompts"]["calibration"]["n"]
         self.eval_sets = list(config["prompts"]["evaluation"])
-        self.main_bits = list(config["quant"]["bits"])
+        self.main_bits = list(check_bits("quant.bits", config["quant"]["bits"]))
+        for name in ABLATIONS:
+            if name in config["ablations"]:
+                check_bits(f"ablations.{name}.bits", config["ablations"][name]["bits"])
         self._check_toy_prompt_sets()
         self.variants: dict[str, Variant] = {}
         self._by_content: dict[str, str] = {}
@@ -55,8 +70,8 @@ class Plan:
             self.regimes.setdefault(regime.name, regime)
         self.report_baseline = self._report_baseline()
         self.weights: dict[str, tuple[str, str]] = {}  # weight key -> the (variant, setting) it is made with
-        for variant, setting in self.runs():
-            self._check_quant(variant, setting)
+        for (variant, setting), bits_key in self._sourced_runs().items():
+            self._check_quant(variant, setting, bits_key)
             self.weights.setdefault(self.weight_key(variant, setting), (variant, setting))
 
     @classmethod
@@ -67,17 +82,46 @@ class Plan:
     def add_variant(self, name: str, label: str, quant: dict, calib_size: int | None = None, *, key: str,
                     base: str = "") -> str:
         """Register a variant; one with the same settings as an earlier one is that one (computed once)."""
-        quant = {**self.config["quant"]["common"], **quant}
+        common = self.config["quant"]["common"]
+        sources = self._sources(key, base, common, quant)
+        try:
+            quant = {**upgrade_keys(common), **upgrade_keys(quant)}  # the old name relax_ratio, as QuantConfig reads it
+        except ConfigError as err:
+            raise ConfigProblem(sources.get(err.key, key), str(err)) from None
         calib_size = self.calib_n if calib_size is None else calib_size
         content = json.dumps({"quant": quant, "calib_size": calib_size}, sort_keys=True)
         if content in self._by_content:
             return self._by_content[content]
         try:
-            self.variants[name] = Variant(name, label, quant, calib_size, key, base or name)
+            self.variants[name] = Variant(name, label, quant, calib_size, key, base or name, sources)
         except ConfigError as err:
-            raise ConfigProblem(key, str(err)) from None
+            raise ConfigProblem(sources.get(err.key, key), f"variant {name!r}: {err}") from None
         self._by_content[content] = name
         return name
+
+    def _sources(self, key: str, base: str, common: dict, quant: dict) -> dict:
+        """Where each QuantConfig key of a variant is set, for errors: quant.common, its quant.variants entry,
+        the block that derives it (an ablation's, experiment.relax), or unchanged, the variant it derives from."""
+        parent = self.variants.get(self._config_names.get(base, "")) if key != f"quant.variants.{base}" else None
+        block = self._block(key)
+        out = {}
+        for prefix, keys in (("quant.common", common), (key, quant)):
+            for k, value in keys.items():
+                if prefix == key and parent is not None and k in parent.quant and parent.quant[k] == value:
+                    out[k] = parent.source(k)
+                else:
+                    out[k] = f"{prefix}.{k}" if prefix != key or parent is None or k in block else key
+            if "relax_ratio" in keys:  # the old name: what it sets is named by it
+                out["relax_interval"] = out["relax_ratio"]
+                out.setdefault("relax_rounding", out["relax_ratio"])
+        return out
+
+    def _block(self, key: str) -> dict:
+        """The config block at dotted path ``key`` ({} when there is none)."""
+        block = self.config
+        for part in key.split("."):
+            block = block.get(part) if isinstance(block, dict) else None
+        return block if isinstance(block, dict) else {}
 
     def base_variant(self, key: str, name: str) -> Variant:
         """The planned variant of quant.variants entry ``name``; ``key`` is the config key that names it."""
@@ -88,11 +132,18 @@ class Plan:
 
     def runs(self) -> list[tuple[str, str]]:
         """Every (variant, setting) calibrated: the main comparison's, the ablations', the experiment's."""
-        pairs = [(v, b) for v in self.main_variants for b in self.main_bits]
-        pairs += [p for ablation in self.ablations.values() for p in ablation.runs]
-        if self.experiment:
-            pairs += [(r.variant, r.setting) for r in self.experiment.runs() if r.variant != FLOOR]
-        return list(dict.fromkeys(pairs))
+        return list(self._sourced_runs())
+
+    def _sourced_runs(self) -> dict[tuple[str, str], str]:
+        """Every (variant, setting) calibrated -> the config key whose bit settings first ask for it."""
+        out = {(v, b): "quant.bits" for v in self.main_variants for b in self.main_bits}
+        for name, ablation in self.ablations.items():
+            for run in ablation.runs:
+                out.setdefault(run, f"ablations.{name}.bits")
+        for run in self.experiment.runs() if self.experiment else ():
+            if run.variant != FLOOR:
+                out.setdefault((run.variant, run.setting), "experiment.bits")
+        return out
 
     def label(self, variant: str) -> str:
         return self.variants[variant].label
@@ -131,11 +182,22 @@ class Plan:
                 "guidance_scale": regime.guidance, "seed": self.seed, "height": sampling.get("height"),
                 "width": sampling.get("width")}
 
-    def _check_quant(self, variant: str, setting: str) -> None:
+    def _check_quant(self, variant: str, setting: str, bits_key: str) -> None:
+        """Build the run's QuantConfig and check its relaxing against the calls of its regime; a problem
+        names the config key that set the bad value."""
+        bits, regime = self.split(setting)
+        model = self.config["model"]
+        if regime == self.default_regime:
+            where = f"sampling: {regime.describe(model)}"
+        else:
+            where = f"experiment regime {regime.name} (experiment.regimes): {regime.describe(model)}"
         try:
-            QuantConfig.from_dict(self.quant_config(variant, setting))
+            QuantConfig.from_dict(self.quant_config(variant, setting)).check_calls(regime.unet_calls(model))
         except ConfigError as err:
-            raise ConfigProblem(self.variants[variant].key, f"variant {variant!r} at {setting}: {err}") from None
+            run_keys = {"weight_bits": bits_key, "act_bits": bits_key, "height": "sampling.height",
+                        "width": "sampling.width", "seed": "seed"}
+            key = run_keys.get(err.key) or self.variants[variant].source(err.key)
+            raise ConfigProblem(key, f"variant {variant!r} at {bits} ({bits_key}), {where}: {err}") from None
 
     def knobs(self, variant: str, setting: str) -> dict:
         """The settings an ablation sweeps, derived from the config (so shared variants agree)."""

@@ -9,7 +9,8 @@ import importlib
 _MODULES = {
     "config": ("ConfigError", "QuantConfig"),
     "model": ("is_quantized", "quant_layers", "quant_mode", "quantize_unet", "unquantize_unet"),
-    "params": ("ParamsMismatchError", "QuantParams", "load_params", "quantize", "save_params"),
+    "integrity": ("NonFiniteError", "ParamsFileError"),
+    "params": ("ParamsMismatchError", "QuantParams", "load_params", "params_digest", "quantize", "save_params"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_WHERE)

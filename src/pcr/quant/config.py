@@ -44,7 +44,12 @@ ADAROUND_KEYS = ("weight_iters", "weight_samples", "num_steps", "guidance_scale"
 
 
 class ConfigError(ValueError):
-    """A quantization config key is missing, unknown or out of range; the message names it."""
+    """A quantization config key is missing, unknown or out of range; the message names it, and ``key``
+    is the key (so the workflow's plan can name its path in the config file)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 _OLD_NAME_UNSET = object()  # relax_ratio not given (None given means "no interval")
@@ -68,6 +73,9 @@ class QuantConfig:
     it still work: given, it sets ``relax_interval`` and, unless ``relax_rounding`` is given too, the
     rounding it always had (``centre``), so an old file's config still names the calls it relaxed.
     ``config.relax_ratio`` reads ``relax_interval``.
+
+    Every key is checked when a config is made (ConfigError, its ``key`` the key at fault); what depends
+    on the scheduler's call count is checked by ``check_calls`` (the workflow's plan does, per regime).
     """
 
     weight_bits: int = 8
@@ -107,41 +115,73 @@ class QuantConfig:
         if relax_ratio is not _OLD_NAME_UNSET:
             self._take_old_relax_name(relax_ratio)
         for key in ("weight_bits", "act_bits", "relax_bits"):
-            bits = getattr(self, key)
-            if not isinstance(bits, int) or not 2 <= bits <= 16:
-                raise ConfigError(f"{key} must be an integer in [2, 16], got {bits!r}")
+            _number(key, getattr(self, key), 2, 16, integer=True)
         _choice("weight_granularity", self.weight_granularity, GRANULARITIES)
         _choice("method", self.method, tuple(ACT_METHODS))
         if self.observer is not None:
             _choice("observer", self.observer, OBSERVERS)
         _choice("weight_method", self.weight_method, WEIGHT_METHODS)
         self._check_observation()
-        for key in ("num_steps", "batch_size", "uniform_steps", "ptq4dm_draws", "weight_iters", "weight_samples"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ConfigError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
+        self._check_values()
         if self.relax_rounding is not None:
             _choice("relax_rounding", self.relax_rounding, ROUNDINGS)
-        self.relax  # building the RelaxSpec checks the relax_* keys (pcr.quant.relaxing)
+        self._check_relax()
+
+    def _check_values(self) -> None:
+        """Types and ranges of the keys that are plain values."""
+        for key in ("num_steps", "batch_size", "uniform_steps", "ptq4dm_draws", "weight_iters", "weight_samples"):
+            _number(key, getattr(self, key), 1, None, integer=True)
+        _number("seed", self.seed, 0, None, integer=True)
+        _number("ema_momentum", self.ema_momentum, 0.0, 1.0, hi_open=True)
+        _number("percentile", self.percentile, 50.0, 100.0, lo_open=True)
+        _number("ptq4dm_mean", self.ptq4dm_mean, 0.0, 1.0)
+        _number("guidance_scale", self.guidance_scale, 0.0, None, lo_open=True,
+                why=" (classifier-free guidance; 1 or less samples without it)")
+        for key in ("weight_symmetric", "act_symmetric"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}", key)
+        keep = self.keep_fp
+        if not isinstance(keep, (list, tuple)) or not all(isinstance(p, str) for p in keep):
+            raise ConfigError(f"keep_fp must be a list of fnmatch patterns on UNet module names (e.g. [conv_in]), "
+                              f"got {keep!r}", "keep_fp")
+        object.__setattr__(self, "keep_fp", tuple(keep))
         for key in ("height", "width"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 8):
-                raise ConfigError(f"{key} must be a whole number of pixels >= 8 or None, got {value!r}")
-        if self.relax_auto_bits is not None and not self.act_bits <= self.relax_auto_bits <= self.relax_bits:
-            raise ConfigError(f"relax_auto_bits must lie in [act_bits={self.act_bits}, relax_bits={self.relax_bits}], "
-                              f"got {self.relax_auto_bits}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 8):
+                raise ConfigError(f"{key} must be a whole number of pixels >= 8 or None, got {value!r}", key)
+
+    def _check_relax(self) -> None:
+        """The relax_* keys (RelaxSpec checks each) and what they must be beside act_bits."""
+        spec = self.relax
+        for key in ("relax_interval", "relax_steps"):  # as the spec holds them: tuples
+            object.__setattr__(self, key, getattr(spec, key.removeprefix("relax_")))
+        if spec.relaxes and self.relax_bits < self.act_bits:
+            raise ConfigError(f"relax_bits={self.relax_bits} is below act_bits={self.act_bits}: relaxing would "
+                              f"lower the relaxed calls' bits; raise relax_bits to at least {self.act_bits} or drop "
+                              "the relax_* keys", "relax_bits")
+        if self.relax_auto_bits is None:
+            return
+        if self.relax_bits <= self.act_bits:
+            raise ConfigError(f"relax_auto_bits needs relax_bits above act_bits={self.act_bits} (got relax_bits="
+                              f"{self.relax_bits}): it spends a budget on calls at relax_bits; raise relax_bits",
+                              "relax_bits")
+        if not self.act_bits <= self.relax_auto_bits <= self.relax_bits:
+            raise ConfigError(f"relax_auto_bits must lie in [act_bits={self.act_bits}, relax_bits={self.relax_bits}] "
+                              f"(an average of activation bits over the calls), got {self.relax_auto_bits}",
+                              "relax_auto_bits")
 
     def _take_old_relax_name(self, interval) -> None:
         """``relax_ratio`` given: it is relax_interval with the rounding it had (see the class docstring)."""
-        interval = None if interval is None else tuple(interval)
+        if interval is not None:
+            try:
+                interval = RelaxSpec(interval=interval).interval
+            except ConfigError as err:
+                raise ConfigError(f"relax_ratio (the old name of relax_interval): {err}", "relax_ratio") from None
         if interval == self.relax_interval:  # nothing new (dataclasses.replace passes config.relax_ratio)
             return
         if interval is not None and self.relax_interval is not None:
             raise ConfigError(f"relax_ratio is the old name of relax_interval; give one, got relax_ratio="
-                              f"{list(interval)} and relax_interval={list(self.relax_interval)}")
+                              f"{list(interval)} and relax_interval={list(self.relax_interval)}", "relax_ratio")
         object.__setattr__(self, "relax_interval", interval if interval is not None else self.relax_interval)
         if interval is not None and self.relax_rounding is None:
             object.__setattr__(self, "relax_rounding", "centre")
@@ -153,12 +193,14 @@ class QuantConfig:
             _choice("observe_acts", self.observe_acts, OBSERVE_ACTS)
             if not self.per_step and self.observe_acts != "fp":
                 raise ConfigError(f"observe_acts={self.observe_acts!r} needs per-step parameters (method perstep or "
-                                  f"progressive); {self.method} observes with activations unquantized (fp)")
+                                  f"progressive); {self.method} observes with activations unquantized (fp)",
+                                  "observe_acts")
         if self.recalibrate_last is not None and not isinstance(self.recalibrate_last, bool):
-            raise ConfigError(f"recalibrate_last must be true, false or null, got {self.recalibrate_last!r}")
+            raise ConfigError(f"recalibrate_last must be true, false or null, got {self.recalibrate_last!r}",
+                              "recalibrate_last")
         if self.recalibrate_last is False and self.act_observation != "first_pass":
             raise ConfigError("recalibrate_last=false keeps the last call's first-pass parameters, so it needs "
-                              f"observe_acts='first_pass' (got {self.act_observation!r})")
+                              f"observe_acts='first_pass' (got {self.act_observation!r})", "recalibrate_last")
 
     # -- what the method implies ------------------------------------------------------------------
     @property
@@ -199,6 +241,11 @@ class QuantConfig:
         num_calls = self.num_steps if num_calls is None else num_calls
         return self.relax.bits_per_call(self.act_bits, num_calls, relaxed, self.num_steps)
 
+    def check_calls(self, num_calls: int) -> None:
+        """Refuse relaxing that a run of ``num_calls`` UNet calls cannot do: calls it does not make, an
+        interval that relaxes none (the scheduler decides the count: see the class docstring)."""
+        self.relax.check_calls(num_calls, self.num_steps)
+
     def relaxed_steps(self, num_calls: int | None = None) -> tuple[int, ...]:
         """The relaxed UNet calls of a run of ``num_calls`` (None: num_steps), given by relax_interval or
         relax_steps (auto relaxing decides at calibration)."""
@@ -216,10 +263,11 @@ class QuantConfig:
         known = {f.name for f in dataclasses.fields(cls)} | {"relax_ratio"}  # the old name, in saved files
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown quantization config key(s) {unknown}; known keys: {sorted(known)}")
+            raise ConfigError(f"unknown quantization config key(s) {unknown}; known keys: {sorted(known)}",
+                              unknown[0])
         values = dict(values)
         for key in ("keep_fp", "relax_interval", "relax_ratio", "relax_steps"):
-            if values.get(key) is not None:
+            if isinstance(values.get(key), list):  # anything else: the constructor names what is wrong
                 values[key] = tuple(values[key])
         return cls(**values)
 
@@ -243,4 +291,19 @@ QuantConfig.relax_ratio = property(lambda self: self.relax_interval, doc="The ol
 
 def _choice(key: str, value, allowed: tuple) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}", key)
+
+
+def _number(key: str, value, lo: float, hi: float | None, *, integer: bool = False, lo_open: bool = False,
+            hi_open: bool = False, why: str = "") -> None:
+    """Refuse a value that is not a number (bools are not) in the range, naming the range."""
+    kind = "an integer" if integer else "a number"
+    if hi is None:
+        where = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        where = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > lo if lo_open else value >= lo)
+    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        raise ConfigError(f"{key} must be {kind} {where}{why}, got {value!r}", key)

@@ -127,7 +127,8 @@ class QuantLayerMixin:
 
     def init_quantizers(self, weight_bits: int, weight_symmetric: bool, per_channel: bool, num_calls: int,
                         act_symmetric: bool, steps, step_dependent: bool = True, cache_weight: bool = True) -> None:
-        if not isinstance(self, nn.Module) or type(self).__mro__.index(QuantLayerMixin) > type(self).__mro__.index(nn.Module):
+        mro = type(self).__mro__
+        if not isinstance(self, nn.Module) or mro.index(QuantLayerMixin) > mro.index(nn.Module):
             raise TypeError(f"{type(self).__name__}: QuantLayerMixin must come before the torch layer class.")
         self.weight_quantizer = WeightQuantizer(self.weight.shape, weight_bits, weight_symmetric, per_channel)
         self.act_quantizer = ActQuantizer(num_calls, act_symmetric, steps, step_dependent)

@@ -4,11 +4,14 @@ One safetensors file holds every layer's weight codes, scales and zero points an
 activation parameters; its JSON header holds the QuantConfig, the model, the scheduler, the step
 count and UNet calls and the resolution they were calibrated for, and fingerprints of the float
 weights, so putting them on another model, scheduler or step count is a clear error rather than
-silently wrong images.
+silently wrong images. The header also holds a sha256 of every tensor, checked on load, and the
+tensors are checked for NaN, inf and weight codes outside their bit grid when saved and loaded
+(pcr.quant.integrity): a damaged file is an error naming it, never NaN (black) images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,12 +25,20 @@ from pcr.io import atomic_file
 from pcr.pipelines.sampling import scheduler_timesteps
 from pcr.pipelines.steps import StepTracker
 from pcr.quant.config import QuantConfig
+from pcr.quant.integrity import (
+    RECALIBRATE,
+    ParamsFileError,
+    check_params,
+    check_weights,
+    tensor_checksums,
+    verify_checksums,
+)
 from pcr.quant.model import quant_layers, quantize_unet
 from pcr.quant.select import quantizable_layers
 
 __all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "apply_params", "apply_weights",
-           "calibration_summary", "collect_params", "fingerprint", "load_params", "quantize", "save_params",
-           "trajectory_ranges"]
+           "calibration_summary", "collect_params", "fingerprint", "load_params", "params_digest", "quantize",
+           "save_params", "trajectory_ranges"]
 
 FORMAT = "pcr.quant.params/1"
 TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
@@ -75,6 +86,28 @@ class QuantParams:
                 "timesteps": self.timesteps, "scheduler": self.scheduler, "model": self.model, "info": self.info,
                 "num_inference_steps": self.num_steps, "num_unet_calls": self.num_calls,
                 "resolution": self.resolution}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor by its name in the file: '<layer>.<kind>'."""
+        return {f"{name}.{key}": t for name, layer in self.layers.items() for key, t in layer.items()}
+
+    def check(self, source: str | os.PathLike | None = None) -> None:
+        """Refuse NaN or inf, missing tensors, and weight codes outside the bit grid (``source``: the file)."""
+        check_params(self.layers, self.config.weight_bits, self.config.weight_symmetric, TENSORS, source)
+
+    def digest(self) -> str:
+        """params_digest(self)."""
+        return params_digest(self)
+
+
+def params_digest(params: QuantParams) -> str:
+    """sha256 (hex) of what images quantized with ``params`` depend on: every tensor, the config, the act
+    bits, timesteps, scheduler and resolution, but not ``info`` (timings, measured gains) nor the model's
+    name, so an identical recalibration keeps the digest and the image folders made with it stay valid."""
+    header = {k: v for k, v in params.header().items() if k not in ("info", "model")}
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(json.dumps(tensor_checksums(params.tensors()), sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def fingerprint(weight: torch.Tensor) -> torch.Tensor:
@@ -141,14 +174,17 @@ def apply_params(unet: torch.nn.Module, params: QuantParams) -> None:
 
 
 def save_params(path: str | os.PathLike, params: QuantParams) -> None:
-    """Write ``params`` to one safetensors file (atomically), the JSON header in its metadata."""
-    tensors = {f"{name}.{key}": t for name, layer in params.layers.items() for key, t in layer.items()}
+    """Write ``params`` to one safetensors file (atomically), the JSON header in its metadata with a
+    sha256 of every tensor; parameters with NaN, inf or impossible codes are refused, not written."""
+    params.check()
+    tensors = params.tensors()
+    header = {**params.header(), "tensor_sha256": tensor_checksums(tensors)}
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"pcr": json.dumps(params.header())})
+        save_file(tensors, str(tmp), metadata={"pcr": json.dumps(header)})
 
 
 def load_params(path: str | os.PathLike) -> QuantParams:
-    """Read parameters written by save_params; a missing or foreign file is a clear error."""
+    """Read parameters written by save_params; a missing, foreign or damaged file is a clear error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No quantization parameters at {path}; calibrate first (pcr.calibrate.calibrate "
@@ -161,16 +197,34 @@ def load_params(path: str | os.PathLike) -> QuantParams:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a safetensors file ({err}).") from None
-    header = json.loads(metadata.get("pcr", "{}"))
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path} holds no pcr quantization parameters (format {header.get('format')!r}, "
-                         f"expected {FORMAT!r}).")
+    header = _read_header(path, metadata)
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         name, _, kind = key.rpartition(".")
         layers.setdefault(name, {})[kind] = tensor
-    return QuantParams(QuantConfig.from_dict(header["config"]), header["act_bits"], header["timesteps"],
-                       header["scheduler"], header["model"], layers, header.get("info", {}), header.get("resolution"))
+    try:
+        params = QuantParams(QuantConfig.from_dict(header["config"]), header["act_bits"], header["timesteps"],
+                             header["scheduler"], header["model"], layers, header.get("info", {}),
+                             header.get("resolution"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ParamsFileError(f"{path}: its pcr header is incomplete or invalid ({type(err).__name__}: {err}); the "
+                              f"file is damaged or was edited. {RECALIBRATE}") from None
+    verify_checksums(path, tensors, header.get("tensor_sha256"))
+    params.check(path)
+    return params
+
+
+def _read_header(path: Path, metadata: dict) -> dict:
+    """The file's pcr header; broken JSON or a foreign format is an error naming the file."""
+    try:
+        header = json.loads(metadata.get("pcr", "{}"))
+    except json.JSONDecodeError as err:
+        raise ParamsFileError(f"{path}: its pcr header is not valid JSON ({err}); the file is damaged or was "
+                              f"edited. {RECALIBRATE}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ValueError(f"{path} holds no pcr quantization parameters (format {found!r}, expected {FORMAT!r}).")
+    return header
 
 
 def calibration_summary(params: QuantParams) -> dict:
@@ -232,10 +286,13 @@ def quantize(pipe, params: QuantParams | str | os.PathLike, cache_weights: bool 
     generation provenance reads it).
     """
     if not isinstance(params, QuantParams):
-        params = load_params(params)
+        params = load_params(params)  # checked there, naming the file
+    else:
+        params.check()
     if params.info.get("weights_only"):
         raise ValueError("These parameters hold calibrated weights only (the shared weight step); calibrate the "
                          "activations with pcr.calibrate.calibrate(..., weights=params) and quantize with that.")
+    check_weights(pipe.unet)  # a NaN weight passes the fingerprint comparison (NaN compares False)
     check_compatible(pipe, params)
     StepTracker.attach(pipe)
     quantize_unet(pipe.unet, params.config, params.num_calls, cache_weights=cache_weights)

@@ -158,7 +158,7 @@ def fid_psnr_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str | None
     for col, prompt_set in enumerate(prompt_sets):
         sub = runs[runs["prompt_set"] == prompt_set]
 
-        def wide(column):
+        def wide(column, sub=sub):
             return sub.pivot(index="label", columns="bits", values=column).reindex(index=labels, columns=bits)
 
         for row, metric in enumerate(["fid", "psnr"]):
@@ -329,14 +329,23 @@ def bar_figure(df: pd.DataFrame, stem: str | os.PathLike, title: str, metrics=("
         ci = (wide(f"{metric}_lo"), wide(f"{metric}_hi")) if _has_ci(runs, metric) else (None, None)
         x = _grouped_bars(ax, wide(metric), colors, *ci)
         if metric == "fid":
+            floor = "FP noise floor"  # labelled once, on the first group that has one
             for i, group in enumerate(prompt_sets):
                 value = fp.loc[fp["prompt_set"] == set_of[group], "fid"].to_numpy(float)
                 if value.size and np.isfinite(value[0]):
-                    ax.hlines(value[0], x[i] - 0.45, x[i] + 0.45, label="FP noise floor" if i == 0 else None,
-                              **FP_FLOOR)
+                    ax.hlines(value[0], x[i] - 0.45, x[i] + 0.45, label=floor, **FP_FLOOR)
+                    floor = None
         ax.set_xlabel("bit setting, prompt set" if several else "prompt set")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    # one legend for every panel's artists (the floor is on the FID panel, intervals where drawn): labels
+    # first, then the interval and the floor
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    order = [k for k in labels if k in handles] + sorted((k for k in handles if k not in labels),
+                                                         key=lambda k: k.startswith("FP"))
+    axes[-1].legend([handles[k] for k in order], order, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(title)
     return save_figure(fig, stem)

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from pcr.bench.folders import check_images
 from pcr.report.figures import DPI, save_figure
 
 __all__ = ["sample_grid"]
@@ -26,8 +27,12 @@ def sample_grid(folders: dict[str, str | os.PathLike], stem: str | os.PathLike, 
 
     Images are folder / f"{index:05d}.png". `prompts` is the whole prompt set (prompts[index] titles
     row `index`); `size` is the tile size in pixels (an int for square tiles, or (width, height);
-    default: the first image's). Raises FileNotFoundError naming the first missing image.
+    default: the first image's). Raises FileNotFoundError naming the first missing image, and
+    pcr.bench.folders.FolderError naming an image that is not the file its folder's manifest pins (or
+    does not decode): a grid must show the images the metrics measured.
     """
+    if isinstance(prompts, str):  # a string is a sequence too: row i would be titled by its i-th character
+        raise TypeError(f"sample_grid: prompts must be the prompt set's list of prompts, got the string {prompts!r}")
     labels, indices = list(folders), [int(i) for i in indices]
     if not labels or not indices:
         raise ValueError("sample_grid needs at least one folder and one index")
@@ -37,6 +42,8 @@ def sample_grid(folders: dict[str, str | os.PathLike], stem: str | os.PathLike, 
             raise FileNotFoundError(errno.ENOENT, "sample_grid: no image", str(path))
     if prompts is not None and max(indices) >= len(prompts):
         raise ValueError(f"sample_grid: index {max(indices)} but only {len(prompts)} prompts given")
+    for label in labels:
+        check_images(folders[label], [paths[(i, label)] for i in indices])
     images = {key: Image.open(path).convert("RGB") for key, path in paths.items()}
     if size is None:
         size = next(iter(images.values())).size
