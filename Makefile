@@ -17,8 +17,9 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/snakemake --cores 1 all
 
+# one worker per core (at most 4): each test process runs torch on one thread
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 # Python (ruff), the workflow's format (snakefmt) and Snakemake's own best-practice check
 lint: setup
