@@ -39,7 +39,7 @@ from pcr.bench.folders import (
     usable_image,
     write_manifest,
 )
-from pcr.bench.prompts import prompts_digest
+from pcr.bench.prompts import prompt_list, prompts_digest
 from pcr.io import atomic_file
 
 __all__ = ["MANIFEST", "SEED_RULE", "SETTINGS", "GenerationError", "collect_shards", "generate", "image_name",
@@ -168,10 +168,7 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
 
 
 def _check_prompts(prompts) -> list[str]:
-    if isinstance(prompts, str):  # a string is a sequence too: it would sample one image per character
-        raise TypeError(f"prompts must be a list of prompts, got the string {prompts!r}; pass [{prompts!r}] "
-                        "for one image")
-    prompts = list(prompts)
+    prompts = prompt_list(prompts, "generate")
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty sequence of strings")
     return prompts

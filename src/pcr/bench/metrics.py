@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from pcr.bench.features import TOY_CLIP, cached_network, create_extractor, extract_features, load_clip_scorer
 from pcr.bench.folders import SETTINGS, FolderError, check_images, image_files
 from pcr.bench.generation import SEED_RULE
-from pcr.bench.prompts import prompts_digest
+from pcr.bench.prompts import PromptSet, prompt_list, prompts_digest
 from pcr.io import atomic_file
 
 __all__ = ["MetricsConfig", "bootstrap_interval", "evaluate", "fid_interval", "kid_subset_size", "paired_psnr_ssim",
@@ -310,9 +310,7 @@ def evaluate(images_dir: str | os.PathLike, reference_dir: str | os.PathLike, pr
     import pcr
 
     config = config or MetricsConfig()
-    if isinstance(prompts, str):  # a string is a sequence too: one prompt per character
-        raise TypeError(f"prompts must be a PromptSet or a list of prompts, got the string {prompts!r}")
-    texts = [str(p) for p in prompts]
+    texts = [str(p) for p in (prompts if isinstance(prompts, PromptSet) else prompt_list(prompts, "evaluate"))]
     if len(texts) < 2:
         raise ValueError(f"FID and KID need at least 2 images, got {len(texts)} prompts")
     images_dir, reference_dir = Path(images_dir), Path(reference_dir)

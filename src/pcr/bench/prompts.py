@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PROMPT_SPECS", "PromptOverlapError", "PromptSet", "check_disjoint", "load_prompts", "prompts_digest",
-           "read_prompt_set", "write_prompt_set"]
+__all__ = ["PROMPT_SPECS", "PromptOverlapError", "PromptSet", "check_disjoint", "load_prompts", "prompt_list",
+           "prompts_digest", "read_prompt_set", "write_prompt_set"]
 
 PROMPT_SPECS = ("coco:<captions json>", "parti:<tsv>", "sdprompts:<parquet|csv>", "txt:<file>", "toy:<split>")
 
@@ -44,7 +44,7 @@ class PromptSet:
     prompts: tuple[str, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "prompts", tuple(_prompt_list(self.prompts, "PromptSet prompts")))
+        object.__setattr__(self, "prompts", tuple(prompt_list(self.prompts, "PromptSet prompts")))
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -75,13 +75,15 @@ class PromptSet:
 
 def prompts_digest(prompts: Sequence[str]) -> str:
     """12 hex digits identifying the exact prompts and their order (recorded by generate, checked by evaluate)."""
-    return hashlib.sha256(json.dumps(_prompt_list(prompts, "prompts_digest")).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(prompt_list(prompts, "prompts_digest")).encode()).hexdigest()[:12]
 
 
-def _prompt_list(prompts, where: str) -> list:
-    """``prompts`` as a list; a bare string would be read as one prompt per character, so it is refused."""
+def prompt_list(prompts, where: str) -> list:
+    """``prompts`` as a list; a bare string (a sequence too) would be read as one prompt per character, so
+    it is refused, naming ``where`` (the function or argument) and the fix."""
     if isinstance(prompts, (str, bytes)):
-        raise TypeError(f"{where} takes a list of prompts, got the single string {prompts[:60]!r}; wrap it: [prompt]")
+        raise TypeError(f"{where}: prompts must be a list of prompts, got the single string {prompts!r} "
+                        f"({len(prompts)} one-character prompts if taken as a list); pass [{prompts!r}]")
     return list(prompts)
 
 
@@ -213,8 +215,8 @@ def _normalize(text: str) -> str:
 
 def check_disjoint(calib: PromptSet | Sequence[str], evaluation: PromptSet | Sequence[str], show: int = 5) -> None:
     """Raise PromptOverlapError naming (up to `show` of) the prompts both sets hold."""
-    _prompt_list(calib, "check_disjoint's calibration set")
-    _prompt_list(evaluation, "check_disjoint's evaluation set")
+    prompt_list(calib, "check_disjoint's calibration set")
+    prompt_list(evaluation, "check_disjoint's evaluation set")
     seen = {_normalize(p) for p in calib}
     shared = [p for p in evaluation if _normalize(p) in seen]
     if shared:

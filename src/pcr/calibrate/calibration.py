@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from pcr.bench.prompts import prompt_list
 from pcr.calibrate.progressive import calibrate_activations
 from pcr.calibrate.relax import pick_relaxed_steps, set_step_bits, step_gains
 from pcr.calibrate.weights import calibrate_weights
@@ -85,14 +86,6 @@ def calibrate_weights_only(pipe, prompts: list[str], config: QuantConfig | dict,
                               type(pipe.scheduler).__name__, model or _model_name(pipe), info)
     finally:
         unquantize_unet(pipe.unet)
-
-
-def prompt_list(prompts, caller: str) -> list[str]:
-    """``prompts`` as a list of strings; a bare string (which would calibrate on its characters) is refused."""
-    if isinstance(prompts, (str, bytes)):
-        raise TypeError(f"{caller}: prompts must be a list of prompt strings, got the single string {prompts!r} "
-                        f"(it would calibrate on its {len(prompts)} characters); pass [{prompts!r}].")
-    return list(prompts)
 
 
 def _start(pipe, prompts: list[str], config: QuantConfig) -> tuple[list[int], int]:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from pcr.bench.folders import check_images
+from pcr.bench.prompts import prompt_list
 from pcr.report.figures import DPI, save_figure
 
 __all__ = ["sample_grid"]
@@ -31,8 +32,8 @@ def sample_grid(folders: dict[str, str | os.PathLike], stem: str | os.PathLike, 
     pcr.bench.folders.FolderError naming an image that is not the file its folder's manifest pins (or
     does not decode): a grid must show the images the metrics measured.
     """
-    if isinstance(prompts, str):  # a string is a sequence too: row i would be titled by its i-th character
-        raise TypeError(f"sample_grid: prompts must be the prompt set's list of prompts, got the string {prompts!r}")
+    if prompts is not None:
+        prompts = prompt_list(prompts, "sample_grid")
     labels, indices = list(folders), [int(i) for i in indices]
     if not labels or not indices:
         raise ValueError("sample_grid needs at least one folder and one index")
