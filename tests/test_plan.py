@@ -236,3 +236,26 @@ def test_the_schema_names_every_scheduler_pcr_builds():
         assert type(built).__name__ == class_name and built.config.prediction_type == "v_prediction", name
     with pytest.raises(ValueError, match="unknown scheduler 'dpmpp'"):
         make_scheduler("dpmpp", own)
+
+
+@pytest.mark.parametrize("backends", [["simulated", "integer"], ["integer"]])
+def test_integer_backend_rows_sample_with_their_variants_calibration(tiny, backends):
+    tiny["quant"]["backends"] = backends
+    plan = Plan.from_config(tiny)
+    variants = plan.main_variants
+    expected = [row for v in variants for row in ([v] if "simulated" in backends else []) + [f"{v}.int8"]]
+    assert plan.main_rows == expected
+    assert plan.runs() == Plan.from_config({**tiny, "quant": {**tiny["quant"], "backends": ["simulated"]}}).runs()
+    row = f"{variants[-1]}.int8"
+    assert plan.label(row) == f"{plan.label(variants[-1])} [int8 kernels]"
+    inputs, metrics = plan.generation_inputs(row, "W4A6", "in_domain"), plan.metrics_inputs(row, "W4A6", "in_domain")
+    assert inputs["params"] == f"results/calib/{variants[-1]}/W4A6.safetensors"
+    assert metrics["cost"] == f"results/calib/{variants[-1]}/W4A6.cost.json"
+    assert metrics["images"] == f"results/images/{row}/W4A6/in_domain/manifest.csv"
+    assert plan.generation_params(row, "W4A6") == {**plan.generation_params(variants[-1], "W4A6"),
+                                                   "backend": "integer"}
+    assert "backend" not in plan.generation_params(variants[-1], "W4A6")  # simulated folders stay as they were
+    info = plan.run_info(row, "W4A6", "in_domain")
+    assert info["backend"] == "integer" and info["knobs"] == plan.knobs(variants[-1], "W4A6")
+    assert sum(f"/{row}/" in f for f in plan.main_metrics()) == len(plan.main_bits) * len(plan.eval_sets)
+    assert plan.report_baseline == ("perstep" if "simulated" in backends else "perstep.int8")

@@ -1,6 +1,6 @@
 """The Snakemake workflow on a fresh copy of the repository: validated configs, the planned DAG of
 every target and profile (the experiment's among them), and a real tiny run (rerun does nothing; a
-changed relax interval reruns only its branch; the tiny experiment runs after it)."""
+changed relax interval reruns only its branch; the tiny experiment runs after it; integer-backend rows)."""
 
 import json
 import os
@@ -29,8 +29,14 @@ def checkout(tmp_path: Path, config: dict | None = None) -> Path:
     return tmp_path
 
 
-def tiny_config() -> dict:
-    return yaml.safe_load(TINY.read_text())
+def tiny_config(backends: list[str] | None = None) -> dict:
+    config = yaml.safe_load(TINY.read_text())
+    if backends is not None:
+        config["quant"]["backends"] = backends
+    return config
+
+
+BOTH_BACKENDS = ["simulated", "integer"]
 
 
 def snakemake(workdir: Path, *args: str, cores: int = 1) -> subprocess.CompletedProcess:
@@ -159,14 +165,16 @@ def test_the_experiment_plans_each_regime_with_its_own_fp_reference(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_dag_runs_end_to_end_and_a_changed_relax_interval_reruns_only_its_branch(tmp_path):
-    workdir = checkout(tmp_path, tiny_config())
+    workdir = checkout(tmp_path, tiny_config(BOTH_BACKENDS))
     run = snakemake(workdir, "all", cores=2)
     assert run.returncode == 0, run.stderr[-3000:]
 
     table = pd.read_csv(workdir / "results/tables/main.csv")
-    assert list(table["variant"]) == ["fp-reseeded"] * 2 + [v for v in ("perstep", "progressive", "progressive_relax")
-                                                            for _ in range(2)]
+    assert list(table["variant"]) == ["fp-reseeded"] * 2 + [row for v in ("perstep", "progressive", "progressive_relax")
+                                                            for row in (v, f"{v}.int8") for _ in range(2)]
     assert set(table["prompt_set"]) == {"in_domain", "generalization"} and (table["n_images"] == 4).all()
+    check_the_integer_backend(workdir, table)
+    table = table[~table["variant"].str.endswith(".int8")]
     quantized = table[table["variant"] != "fp-reseeded"]
     assert quantized["psnr"].between(5, 80).all() and (quantized["ssim"] <= 1).all()
     assert (table[table["variant"] == "fp-reseeded"]["paired"] == False).all()  # noqa: E712
@@ -190,7 +198,7 @@ def test_tiny_dag_runs_end_to_end_and_a_changed_relax_interval_reruns_only_its_b
 
     check_the_tiny_experiment(workdir)
 
-    config = tiny_config()
+    config = tiny_config(BOTH_BACKENDS)
     config["quant"]["variants"]["progressive_relax"]["relax_interval"] = [0.9, 1.0]
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     untouched = [workdir / f"results/calib/{v}/W4A6.safetensors" for v in ("perstep", "progressive")]
@@ -199,8 +207,9 @@ def test_tiny_dag_runs_end_to_end_and_a_changed_relax_interval_reruns_only_its_b
     before = {p: p.stat().st_mtime_ns for p in untouched}
     plan = snakemake(workdir, "--dry-run", "all")
     assert planned_wildcards(plan, "calibrate") == {"variant=progressive_relax, bits=W4A6"}
-    assert planned_wildcards(plan, "generate") == {f"variant=progressive_relax, bits=W4A6, pset={s}"
-                                                   for s in ("in_domain", "generalization")}
+    assert planned_wildcards(plan, "generate") == {f"variant={v}, bits=W4A6, pset={s}" for s in ("in_domain",
+                                                   "generalization") for v in ("progressive_relax",
+                                                                               "progressive_relax.int8")}
     rerun = snakemake(workdir, "all", cores=2)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
@@ -232,3 +241,24 @@ def check_the_tiny_experiment(workdir: Path) -> None:
     assert runs.loc[runs["variant"] != runs["baseline_variant"], "delta_psnr"].notna().all()
     for stem in ("s3_g4_euler_relaxed", "s3_g4_own_unrelaxed", "act_ranges_W4A6@s3_g4_euler"):
         assert Image.open(workdir / f"results/figures/experiment/{stem}.png").size[0] > 100
+
+
+def check_the_integer_backend(workdir: Path, table: pd.DataFrame) -> None:
+    """quant.backends [simulated, integer] adds a "<variant>.int8" row per main run, sampled on the int8
+    kernels with the variant's calibration (none of its own); its images match the simulated ones', and
+    the generation jobs' measured time and UNet weight memory reach the tables."""
+    assert not list((workdir / "results/calib").glob("*.int8"))
+    rows = table.set_index(["variant", "prompt_set"])
+    for variant in ("perstep", "progressive", "progressive_relax"):
+        for pset in ("in_domain", "generalization"):
+            simulated, integer = rows.loc[(variant, pset)], rows.loc[(f"{variant}.int8", pset)]
+            assert integer["backend"] == "integer" and simulated["backend"] == "simulated"
+            assert integer["label"].endswith("[int8 kernels]")
+            assert abs(integer["psnr"] - simulated["psnr"]) < 0.5, (variant, pset)
+            assert integer["unet_weight_ratio"] < simulated["unet_weight_ratio"]
+            assert integer["speedup_vs_fp"] > 0
+    metrics = json.loads((workdir / "results/metrics/progressive_relax.int8/W4A6/in_domain.json").read_text())
+    paths = metrics["cost"]["measured"]["kernel_paths"]
+    assert paths["int8"] > 0 and sum(n for path, n in paths.items() if "relaxed call" in path) > 0
+    provenance = json.loads((workdir / "results/images/progressive.int8/W4A6/in_domain/generation.json").read_text())
+    assert provenance["quantization"]["backend"] == "integer"

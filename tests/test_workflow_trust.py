@@ -21,7 +21,8 @@ def ran(run) -> dict[str, int]:
 
 
 def snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """A folder's files but its runtime record (the time its sampling took differs from run to run)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "runtime.json"}
 
 
 def test_a_folder_that_lost_or_damaged_images_is_generated_again_before_its_metrics(

@@ -88,9 +88,11 @@ def _stamp(spec: str) -> int | None:
 def _pipeline(compute: dict, spec: str, model_config: str | None = None):
     """The job's pipeline, loaded once per process and lent to one job at a time: loading took longer
     than a toy job's work (a real checkpoint takes seconds to minutes). Jobs quantize it; it is
-    handed back unquantized (pcr's layer swaps never touch the float weights), or dropped on error."""
+    handed back unquantized (pcr's layer swaps never touch the float weights), or dropped on error or
+    when the integer backend released its float weights."""
     from pcr.pipelines import load_pipeline
     from pcr.quant import is_quantized, unquantize_unet
+    from pcr.quant.freeze import is_frozen
 
     key, stamp = (spec, compute["device"], compute["dtype"], model_config), _stamp(spec)
     with _PIPELINES_LOCK:
@@ -106,7 +108,9 @@ def _pipeline(compute: dict, spec: str, model_config: str | None = None):
         except BaseException:
             entry[2] = None
             raise
-        if is_quantized(entry[2].unet):
+        if any(is_frozen(m) for m in entry[2].unet.modules()):  # pcr.quantize(..., backend="integer")
+            entry[2] = None
+        elif is_quantized(entry[2].unet):
             unquantize_unet(entry[2].unet)
 
 
@@ -221,28 +225,48 @@ def act_ranges(fp_trajectory: str, quantized_trajectory: str, out: str) -> None:
 def generate(sampling: dict, model_config: str | None, prompt_file: str, params: str | None, shard: tuple,
              compute: dict, manifest: str) -> None:
     """One image folder (or one shard of it), FP when ``params`` is None, sampled with
-    ``sampling["scheduler"]`` where given (a short name; absent: the checkpoint's own)."""
+    ``sampling["scheduler"]`` where given (a short name; absent: the checkpoint's own) and on
+    ``sampling["backend"]`` (absent: simulated). What the sampling took is written beside the manifest
+    (``runtime_file``) for the cost report."""
+    import torch
+
     import pcr
     from pcr.bench import generate as run
     from pcr.bench import read_prompt_set
     from pcr.pipelines.schedulers import use_scheduler
-    from pcr.quant import load_params
+    from pcr.quant import load_params, weight_bytes
 
     chosen = read_prompt_set(prompt_file)
-    scheduler = sampling.get("scheduler")
+    scheduler, backend = sampling.get("scheduler"), sampling.get("backend", "simulated")
     info = {"model": sampling["spec"], "prompt_set": chosen.name, "quant_config_hash": None}
     if scheduler is not None:  # absent for the checkpoint's own: folders of before stay valid
         info["scheduler"] = scheduler
+    timing: dict = {}
     with (_pipeline({**compute, "dtype": sampling["dtype"]}, sampling["spec"], model_config) as pipe,
           use_scheduler(pipe, scheduler)):
+        fp_bytes = weight_bytes(pipe.unet)
         if params is not None:
             loaded = load_params(params)
             info.update(quant_config_hash=loaded.config.digest(),
                         params_sha256=loaded.digest()[:16])
-            pcr.quantize(pipe, loaded)
+            pcr.quantize(pipe, loaded, backend=backend)
         run(pipe, list(chosen), Path(manifest).parent, seed=sampling["seed"], batch_size=sampling["batch_size"],
             shard=tuple(shard), num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance"],
-            height=sampling["height"], width=sampling["width"], info=info, replace_stale=True)
+            height=sampling["height"], width=sampling["width"], info=info, replace_stale=True, timing=timing)
+        if timing:  # a resumed folder with nothing left to sample keeps its earlier record
+            paths = dict(getattr(pipe.unet, "pcr_kernel_paths", None) or {})
+            _write_json(runtime_file(manifest), {
+                "backend": backend if params is not None else "fp", "images": timing["images"],
+                "seconds_per_image": timing["seconds"] / timing["images"], "threads": torch.get_num_threads(),
+                "device": str(pipe.device), "unet_weight_mb": weight_bytes(pipe.unet) / 2**20,
+                "unet_weight_mb_fp": fp_bytes / 2**20, "kernel_paths": paths})
+
+
+def runtime_file(manifest: str | Path) -> Path:
+    """Where a generation job records its sampling time and the UNet's weight memory: runtime.json beside
+    manifest.csv (runtime.shard-k-of-n.json beside a shard's manifest)."""
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.name.replace("manifest", "runtime", 1)).with_suffix(".json")
 
 
 @job
@@ -266,7 +290,22 @@ def metrics(compute: dict, out: str, *, images: str, reference: str, prompts: st
     result = evaluate(Path(images).parent, Path(reference).parent, read_prompt_set(prompts), config, paired=paired)
     spent = json.loads(Path(cost).read_text()) if cost else {
         "weight_bits": 32, "avg_act_bits": 32.0, "bitops_ratio": 1.0, "note": "full precision"}
+    spent["measured"] = measured_cost(images, reference)
     write_metrics(out, {**result, "cost": spent, "run": run_info})
+
+
+def measured_cost(images: str, reference: str) -> dict:
+    """What the generation jobs of a folder and of its FP reference measured (their runtime files): seconds
+    per image, the UNet's weight memory, the kernel paths, and the ratios to FP; {} where either is
+    missing (a sharded folder, or one sampled before pcr recorded it). Both were timed in their own jobs,
+    so the ratio is only as fair as the load the two jobs ran under."""
+    files = [runtime_file(images), runtime_file(reference)]
+    if not all(f.is_file() for f in files):
+        return {}
+    run, fp = (json.loads(f.read_text()) for f in files)
+    return {**run, "seconds_per_image_fp": fp["seconds_per_image"],
+            "speedup_vs_fp": fp["seconds_per_image"] / run["seconds_per_image"],
+            "unet_weight_ratio": run["unet_weight_mb"] / run["unet_weight_mb_fp"]}
 
 
 # -- tables and figures -------------------------------------------------------------------------------

@@ -113,6 +113,8 @@ def test_padding_for_cuda_shapes_changes_nothing():
     torch.testing.assert_close(integer_linear(codes, zero_point, out_scale, padded, layer.bias), plain,
                                rtol=0, atol=0)
     assert_equal_up_to_rounding(layer, plain, layer(x))
+    # a frozen layer's fallback dequantizes the padded codes to the simulated weight, bit for bit
+    assert torch.equal(padded.dequantized(torch.float32), layer.effective_weight())
 
 
 def test_a_relaxed_10_bit_call_runs_the_fake_quantized_path():

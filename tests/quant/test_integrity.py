@@ -145,11 +145,20 @@ def test_weight_codes_outside_the_bit_range_are_refused(params, tmp_path):
     name = next(iter(params.layers))
     save_params(tmp_path / "good.safetensors", params)
 
+    # 4-bit codes are packed two per byte in the file, where every byte is valid: a zero point can still
+    # leave the grid, and a packed tensor of the wrong size does not unpack
     def spoil(tensors):
-        tensors[f"{name}.weight_codes"].view(-1)[0] = 200  # 4-bit codes are 0..15
+        tensors[f"{name}.weight_zero_point"].view(-1)[0] = 200  # 4-bit codes are 0..15
 
     path = _rewrite(tmp_path / "good.safetensors", tmp_path / "codes.safetensors", spoil)
-    with pytest.raises(ParamsFileError, match=rf"{name}\.weight_codes.*outside.*4-bit.*{path}"):
+    with pytest.raises(ParamsFileError, match=rf"{name}\.weight_zero_point.*outside.*4-bit.*{path}"):
+        load_params(path)
+
+    def cut(tensors):
+        tensors[f"{name}.weight_codes"] = tensors[f"{name}.weight_codes"][:, 1:].contiguous()
+
+    path = _rewrite(tmp_path / "good.safetensors", tmp_path / "cut.safetensors", cut)
+    with pytest.raises(ParamsFileError, match=rf"{path}.*packed weight codes of {name} do not unpack"):
         load_params(path)
     bad = _copy(params)
     bad.layers[name]["weight_codes"].view(-1)[0] = 200

@@ -100,6 +100,16 @@ def test_main_table_shape_order_and_values(table):
     assert wide.iloc[4]["fid[out_domain]"] == 1.25
 
 
+def test_main_table_adds_measured_costs_where_generation_measured_them(table):
+    """Means over the prompt sets' folders of the speed-up and weight memory the generation jobs measured."""
+    measured = table.assign(speedup_vs_fp=[1.0 + i for i in range(len(table))], unet_weight_ratio=0.25)
+    wide = main_table(measured)
+    assert list(wide.columns)[-3:] == ["avg_act_bits", "speedup_vs_fp", "unet_weight_ratio"]
+    for (label, bits), row in wide.set_index(["label", "bits"]).iterrows():
+        rows = measured[(measured.label == label) & (measured.bits == bits)]
+        assert row["speedup_vs_fp"] == rows["speedup_vs_fp"].mean() and row["unet_weight_ratio"] == 0.25
+
+
 def test_main_table_missing_combination_is_nan_and_duplicates_raise(table):
     partial = table[~((table.variant == "naive") & (table.prompt_set == "out_domain"))]
     wide = main_table(partial)

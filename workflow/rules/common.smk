@@ -39,7 +39,7 @@ wildcard_constraints:
 TOY = PLAN.toy
 MODEL_SPEC, MODEL_INPUT, MODEL_CONFIG = PLAN.model_spec, PLAN.model_input, PLAN.model_config
 ABLATIONS = PLAN.ablations
-MAIN_VARIANTS = PLAN.main_variants
+MAIN_ROWS = PLAN.main_rows  # the main table's variants, with their integer-backend rows
 REPORT_BASELINE = PLAN.report_baseline
 
 

@@ -97,7 +97,7 @@ rule act_ranges_figure:
 rule sample_grid:
     input:
         reference=lambda w: f"{images(FP, FP_BITS, w.pset)}/manifest.csv",
-        images=lambda w: [f"{images(v, lowest_bits(), w.pset)}/manifest.csv" for v in MAIN_VARIANTS],
+        images=lambda w: [f"{images(v, lowest_bits(), w.pset)}/manifest.csv" for v in MAIN_ROWS],
         prompts="results/prompts/{pset}.json",
     output:
         png=report("results/figures/samples_{pset}.png", caption="../report/samples.rst", category="Samples"),
@@ -106,7 +106,7 @@ rule sample_grid:
         "logs/sample_grid/{pset}.log",
     localrule: True
     params:
-        labels=lambda w: ["FP"] + [f"{PLAN.label(v)} {lowest_bits()}" for v in MAIN_VARIANTS],
+        labels=lambda w: ["FP"] + [f"{PLAN.label(v)} {lowest_bits()}" for v in MAIN_ROWS],
         rows=config["report"]["grid_prompts"],
     run:
         jobs.sample_grid(

@@ -22,6 +22,7 @@ import math
 import numbers
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
 def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int = 0, batch_size: int = 8,
              shard: tuple[int, int] = (0, 1), num_inference_steps: int = 50, guidance_scale: float = 7.5,
              height: int | None = None, width: int | None = None, info: dict | None = None,
-             progress: bool = True, replace_stale: bool = False) -> Path:
+             progress: bool = True, replace_stale: bool = False, timing: dict | None = None) -> Path:
     """Sample one PNG per prompt into `out_dir`; return the manifest written.
 
     Prompts are cut into fixed batches of `batch_size` (indices 0..b-1, b..2b-1, ...); shard k of n
@@ -112,6 +113,7 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
     metrics' provenance. The pipeline's own progress bar is silenced during the call; ours counts
     images. `replace_stale=True` deletes a folder of other settings instead of refusing it (the
     workflow, whose inputs changed, uses it; a folder of the same settings is always resumed).
+    `timing`, if given, receives the images this call sampled and the seconds its pipeline calls took.
     """
     k, n = _check_shard(shard)
     prompts = _check_prompts(prompts)
@@ -150,8 +152,12 @@ def generate(pipe, prompts: Sequence[str], out_dir: str | os.PathLike, seed: int
             for batch in todo:
                 # CPU generators: the same seed gives the same initial noise on any device
                 generators = [torch.Generator().manual_seed(seed + i) for i in batch]
+                start = time.perf_counter()
                 out = pipe([prompts[i] for i in batch], num_inference_steps=num_inference_steps,
                            guidance_scale=guidance_scale, generator=generators, output_type="np", **size)
+                if timing is not None:
+                    timing["images"] = timing.get("images", 0) + len(batch)
+                    timing["seconds"] = timing.get("seconds", 0.0) + time.perf_counter() - start
                 _refuse_filtered(out, batch)
                 for i, image in zip(batch, _to_pil(pipe, out.images, batch, prompts), strict=True):
                     if i in missing:

@@ -29,10 +29,13 @@ from pcr.plan.settings import (
     parse_bits,
     sampling_regime,
 )
-from pcr.quant.config import ADAROUND_KEYS, WEIGHT_KEYS, ConfigError, QuantConfig
+from pcr.quant.config import ADAROUND_KEYS, BACKENDS, WEIGHT_KEYS, ConfigError, QuantConfig
 from pcr.quant.relaxing import upgrade_keys
 
-__all__ = ["Plan"]
+__all__ = ["KERNEL_ROW", "Plan"]
+
+SIMULATED, INTEGER = BACKENDS
+KERNEL_ROW = ".int8"  # suffix of the integer backend's rows (quant.backends); config names cannot hold a dot
 
 
 class Plan:
@@ -62,6 +65,11 @@ class Plan:
             self._config_names[name] = self.add_variant(name, entry["label"], quant, key=f"quant.variants.{name}",
                                                         base=name)
         self.main_variants = list(self.variants)
+        self.backends = list(config["quant"].get("backends", [SIMULATED]))
+        # the integer backend's rows, "<variant>.int8", sample with their variant's calibrated parameters
+        self.kernel_rows = {f"{v}{KERNEL_ROW}": v for v in self.main_variants} if INTEGER in self.backends else {}
+        self.main_rows = [row for v in self.main_variants  # each variant's rows side by side
+                          for row, backend in ((v, SIMULATED), (v + KERNEL_ROW, INTEGER)) if backend in self.backends]
         self.ablation_sets = self._ablation_sets()
         self.ablations: dict[str, Ablation] = {name: build(self, f"ablations.{name}", config["ablations"][name])
                                                for name, build in ABLATIONS.items() if name in config["ablations"]}
@@ -146,10 +154,16 @@ class Plan:
         return out
 
     def label(self, variant: str) -> str:
+        if variant in self.kernel_rows:
+            return f"{self.variants[self.kernel_rows[variant]].label} [int8 kernels]"
         return self.variants[variant].label
 
+    def calibrated(self, variant: str) -> str:
+        """The variant whose calibration a row samples with: itself, or an integer-backend row's variant."""
+        return self.kernel_rows.get(variant, variant)
+
     def calib_size(self, variant: str) -> int:
-        return self.variants[variant].calib_size
+        return self.variants[self.calibrated(variant)].calib_size
 
     # -- settings: bits, and the regime they are sampled in ------------------------------------------------
     def setting(self, bits: str, regime: Regime | None = None) -> str:
@@ -178,9 +192,9 @@ class Plan:
         bits, regime = self.split(setting)
         weight, act = parse_bits(bits)
         sampling = self.config["sampling"]
-        return {**self.variants[variant].quant, "weight_bits": weight, "act_bits": act, "num_steps": regime.steps,
-                "guidance_scale": regime.guidance, "seed": self.seed, "height": sampling.get("height"),
-                "width": sampling.get("width")}
+        return {**self.variants[self.calibrated(variant)].quant, "weight_bits": weight, "act_bits": act,
+                "num_steps": regime.steps, "guidance_scale": regime.guidance, "seed": self.seed,
+                "height": sampling.get("height"), "width": sampling.get("width")}
 
     def _check_quant(self, variant: str, setting: str, bits_key: str) -> None:
         """Build the run's QuantConfig and check its relaxing against the calls of its regime; a problem
@@ -201,7 +215,7 @@ class Plan:
 
     def knobs(self, variant: str, setting: str) -> dict:
         """The settings an ablation sweeps, derived from the config (so shared variants agree)."""
-        q, v = self.quant_config(variant, setting), self.variants[variant]
+        q, v = self.quant_config(variant, setting), self.variants[self.calibrated(variant)]
         return {"calib_size": v.calib_size, "observer": q.get("observer"),
                 **v.relax.knobs(q["act_bits"], self.split(setting)[1].steps)}
 
@@ -214,6 +228,8 @@ class Plan:
                   "seed": self.seed + (RESEED if variant == FLOOR else 0)}
         if regime.scheduler is not None:  # absent for the checkpoint's own: folders of before stay valid
             params["scheduler"] = regime.scheduler
+        if variant in self.kernel_rows:  # likewise absent for the simulated backend
+            params["backend"] = INTEGER
         return params
 
     def run_info(self, variant: str, setting: str, pset: str) -> dict:
@@ -225,9 +241,11 @@ class Plan:
                     "act_bits": 32, "prompt_set": pset, "prompt_spec": spec, "knobs": {}}
         else:
             weight, act = parse_bits(bits)
-            info = {"variant": variant, "label": self.label(variant), "method": self.variants[variant].method,
-                    "bits": bits, "weight_bits": weight, "act_bits": act, "prompt_set": pset, "prompt_spec": spec,
-                    "knobs": self.knobs(variant, setting)}
+            info = {"variant": variant, "label": self.label(variant),
+                    "method": self.variants[self.calibrated(variant)].method, "bits": bits, "weight_bits": weight,
+                    "act_bits": act, "prompt_set": pset, "prompt_spec": spec, "knobs": self.knobs(variant, setting)}
+            if variant in self.kernel_rows:
+                info["backend"] = INTEGER
         if regime != self.default_regime:
             info["regime"] = regime.columns()
         return info
@@ -268,7 +286,7 @@ class Plan:
     def generation_inputs(self, variant: str, setting: str, pset: str) -> dict:
         inputs = {"prompts": prompt_file(pset), **self.model_input}
         if variant not in (FP, FLOOR):
-            inputs["params"] = calib_params(variant, setting)
+            inputs["params"] = calib_params(self.calibrated(variant), setting)
         return inputs
 
     def metrics_inputs(self, variant: str, setting: str, pset: str) -> dict:
@@ -277,7 +295,7 @@ class Plan:
         inputs = {"images": manifest(variant, setting, pset), "reference": manifest(FP, reference, pset),
                   "prompts": prompt_file(pset)}
         if variant != FLOOR:
-            inputs["cost"] = calib_cost(variant, setting)
+            inputs["cost"] = calib_cost(self.calibrated(variant), setting)
         if self.toy:
             inputs["clip"] = "results/toy/clip"
         return inputs
@@ -286,7 +304,7 @@ class Plan:
     def main_metrics(self) -> list[str]:
         """Metrics files of the main table, in its row order: the FP floor, then variant by bit setting."""
         files = [metrics_file(FLOOR, FP_BITS, s) for s in self.eval_sets]
-        runs = [(v, b) for v in self.main_variants for b in self.main_bits]
+        runs = [(v, b) for v in self.main_rows for b in self.main_bits]
         return files + [metrics_file(v, b, s) for v, b in runs for s in self.eval_sets]
 
     def final_output(self) -> list[str]:
@@ -344,10 +362,15 @@ class Plan:
         return list(self.config["ablations"]["prompt_sets"])
 
     def _report_baseline(self) -> str:
-        """The main figure's baseline: report.baseline (a variant or its label), else perstep, else the first."""
+        """The main figure's baseline: report.baseline (a variant or its label), else perstep, else the first;
+        its integer-backend row where the simulated backend is not run."""
         baseline = (self.config.get("report") or {}).get("baseline") or (
             "perstep" if "perstep" in self.main_variants else self.main_variants[0])
         if baseline not in self.main_variants + [self.label(v) for v in self.main_variants]:
             raise ConfigProblem("report.baseline", f"{baseline!r} is neither a variant of quant.variants "
                                                    f"({', '.join(self.main_variants)}) nor the label of one")
-        return baseline
+        if SIMULATED in self.backends:
+            return baseline
+        variant = baseline if baseline in self.main_variants else next(
+            v for v in self.main_variants if self.label(v) == baseline)
+        return f"{variant}{KERNEL_ROW}"

@@ -1,4 +1,5 @@
-"""Simulated quantization of diffusers UNets: config, quantizers, quantized layers, saved parameters.
+"""Quantization of diffusers UNets: config, quantizers, quantized layers, saved parameters, and the
+integer backend (int8 kernels, float weights released).
 
 Names are imported lazily, so `pcr.quant.config` (pure Python) can be read without torch: the
 workflow plans its DAG with QuantConfig.
@@ -7,9 +8,10 @@ workflow plans its DAG with QuantConfig.
 import importlib
 
 _MODULES = {
-    "config": ("ConfigError", "QuantConfig"),
+    "config": ("BACKENDS", "ConfigError", "QuantConfig"),
     "model": ("is_quantized", "quant_layers", "quant_mode", "quantize_unet", "unquantize_unet"),
     "integrity": ("NonFiniteError", "ParamsFileError"),
+    "freeze": ("freeze_integer", "weight_bytes"),
     "params": ("ParamsMismatchError", "QuantParams", "load_params", "params_digest", "quantize", "save_params"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}

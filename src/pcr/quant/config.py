@@ -10,7 +10,7 @@ from dataclasses import InitVar, dataclass
 
 from pcr.quant.relaxing import ROUNDINGS, RelaxSpec
 
-__all__ = ["ACT_METHODS", "ADAROUND_KEYS", "OBSERVE_ACTS", "OBSERVE_WEIGHTS", "OBSERVERS", "WEIGHT_KEYS",
+__all__ = ["ACT_METHODS", "ADAROUND_KEYS", "BACKENDS", "OBSERVE_ACTS", "OBSERVE_WEIGHTS", "OBSERVERS", "WEIGHT_KEYS",
            "WEIGHT_METHODS", "QuantConfig", "ConfigError"]
 
 # Activation calibration methods: parameters per step?, the trajectory observed, default observer, steps
@@ -36,6 +36,7 @@ OBSERVERS = ("minmax", "ema", "percentile", "mse")
 OBSERVE_WEIGHTS = ("fp", "quantized")
 OBSERVE_ACTS = ("fp", "first_pass", "sequential")
 WEIGHT_METHODS = ("minmax", "mse", "adaround")
+BACKENDS = ("simulated", "integer")  # pcr.quantize(..., backend=): fake quantization in float, or int8 kernels
 GRANULARITIES = ("channel", "tensor")
 # What a weight calibration depends on: configs that agree on these share one (the workflow's
 # shared weight step; calibrate(..., weights=) checks them). AdaRound also reads sampled data.

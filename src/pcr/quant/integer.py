@@ -18,6 +18,7 @@ says which path a call takes and each layer records the last one in ``layer.kern
 from __future__ import annotations
 
 import functools
+import math
 import types
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from torch import nn
 
 from pcr.quant.layers import QuantConv2d, QuantLayerMixin, QuantLinear
 from pcr.quant.model import quant_layers
+from pcr.quant.packing import pack_codes, packable, unpack_centred
 from pcr.quant.quantizer import qrange
 
 __all__ = ["INTEGER", "kernel_path", "integer_linear", "integer_conv2d", "integer_forward", "use_integer_kernels",
@@ -44,19 +46,48 @@ class IntWeight:
     """A layer's weight, prepared once for the integer kernels.
 
     ``codes``: int8 (O, K) for Linear (``codes.t()`` is the column-major operand _int_mm wants), oneDNN's
-    packed weight for Conv2d. ``zero_point``: per channel, int32, or None where the codes were centred.
-    ``code_sum``: Linear: per-channel sum of the int8 codes (the activation zero point's term); Conv2d:
-    the all-zero weight zero points oneDNN is given. ``source``: the quantizer tensors it was made from;
-    new codes (recalibration, .to()) rebuild it. ``steps``: each call's StepScales, for ``act_versions``.
+    packed weight for Conv2d on the CPU, int8 codes elsewhere; None where ``packed`` holds them.
+    ``packed``: 4-bit-or-fewer codes two per byte (pcr.quant.packing), unpacked per call with ``offset``
+    (qmin - zero point, int8 (O, 1)) into centred int8. ``zero_point``: per channel, int32, or None
+    where the codes are centred. ``code_sum``: Linear: per-channel sum of the int8 codes (the activation
+    zero point's term); Conv2d: the all-zero weight zero points oneDNN is given. ``source``: the
+    quantizer tensors it was made from; new codes (recalibration, .to()) rebuild it, unless ``frozen``
+    (pcr.quant.freeze: the model keeps only this). ``steps``: each call's StepScales, for ``act_versions``.
     """
 
-    codes: torch.Tensor
+    codes: torch.Tensor | None
     scale: torch.Tensor
     zero_point: torch.Tensor | None
     code_sum: torch.Tensor
     source: tuple
+    shape: tuple[int, ...] = ()
+    packed: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+    frozen: bool = False
     steps: dict = field(default_factory=dict)
     act_versions: tuple = ()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """What it holds in memory."""
+        return [t for t in (self.codes, self.packed, self.offset, self.scale, self.zero_point, self.code_sum)
+                if t is not None]
+
+    def centred(self) -> torch.Tensor:
+        """int8 codes (O, K...) in the weight's shape, unpacked if packed (oneDNN's packing undone)."""
+        if self.packed is not None:
+            return unpack_centred(self.packed, math.prod(self.shape[1:]), self.offset).reshape(self.shape)
+        return self.codes.to_dense() if self.codes.is_mkldnn else self.codes
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The float weight the fake-quantized path multiplies by, bit for bit: (code - zero point) * scale."""
+        codes = self.centred()
+        if codes.shape != self.shape:  # a Linear padded for CUDA's _int_mm: the padding sliced off
+            codes = codes[: self.shape[0], : self.shape[1]]
+        values = codes.float()
+        per_channel = (-1,) + (1,) * (values.dim() - 1)
+        if self.zero_point is not None:
+            values -= self.zero_point.reshape(per_channel)
+        return values.mul_(self.scale.reshape(per_channel)).to(dtype)
 
 
 @dataclass
@@ -97,22 +128,57 @@ def _unchanged(old: tuple, new: tuple) -> bool:
 
 
 def _prepare(layer: QuantLayerMixin) -> IntWeight:
-    """The layer's IntWeight, rebuilt when its weight quantizer's tensors changed."""
-    wq = layer.weight_quantizer
-    source = _versions(wq.codes, wq.scale, wq.zero_point)
+    """The layer's IntWeight, rebuilt when its weight quantizer's tensors changed (never when frozen)."""
     cached = layer.__dict__.get("_int_weight")
-    if cached is not None and _unchanged(cached.source, source):
+    if cached is not None and (cached.frozen or _unchanged(cached.source, _quantizer_versions(layer))):
         return cached
-    codes, scale, zero_point = _int8_weight(layer)
-    if isinstance(layer, QuantConv2d):
-        packed = torch.ops.onednn.qconv_prepack(codes.contiguous(), scale, 1.0, 0, list(layer.stride),
-                                                list(layer.padding), list(layer.dilation), layer.groups, None)
-        prepared = IntWeight(packed, scale, zero_point, torch.zeros(scale.shape, dtype=torch.int64), source)
-    else:
-        padded = pad_for_int_mm(codes) if codes.device.type == "cuda" else codes.contiguous()
-        prepared = IntWeight(padded, scale, zero_point, codes.sum(1, dtype=torch.int32), source)
+    prepared = prepare_weight(layer)
     layer.__dict__["_int_weight"] = prepared  # not a buffer: never saved, rebuilt from the codes
     return prepared
+
+
+def _quantizer_versions(layer: QuantLayerMixin) -> tuple:
+    wq = layer.weight_quantizer
+    return _versions(wq.codes, wq.scale, wq.zero_point)
+
+
+def prepare_weight(layer: QuantLayerMixin, pack: bool = False) -> IntWeight:
+    """The layer's weight codes in the kernels' forms; ``pack``: keep codes of <= 4 bits two per byte
+    (unpacked per call), for a model that holds nothing else (pcr.quant.freeze)."""
+    wq = layer.weight_quantizer
+    codes, scale, zero_point = _int8_weight(layer)
+    conv = isinstance(layer, QuantConv2d)
+    rows = codes.reshape(codes.shape[0], -1)
+    code_sum = torch.zeros(scale.shape, dtype=torch.int64) if conv else rows.sum(1, dtype=torch.int32)
+    weight = IntWeight(None, scale, zero_point, code_sum, _quantizer_versions(layer), tuple(codes.shape))
+    if pack and packable(wq.bits):
+        qmin = qrange(wq.bits, wq.symmetric)[0]
+        zero = wq.zero_point.expand(codes.shape[0]) if wq.axis is None else wq.zero_point
+        weight.packed = pack_codes(wq.codes, wq.bits, wq.symmetric)
+        weight.offset = (qmin - zero).to(torch.int8).reshape(-1, 1)
+    elif conv and codes.device.type == "cpu" and _onednn():
+        weight.codes = _prepack(layer, codes.contiguous(), scale)
+    elif codes.device.type == "cuda" and not conv:
+        weight.codes = pad_for_int_mm(codes)
+    else:
+        weight.codes = codes.contiguous()
+    return weight
+
+
+def _prepack(layer: QuantConv2d, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.ops.onednn.qconv_prepack(codes, scale, 1.0, 0, list(layer.stride), list(layer.padding),
+                                          list(layer.dilation), layer.groups, None)
+
+
+def _kernel_codes(layer: QuantLayerMixin, weight: IntWeight) -> torch.Tensor:
+    """The weight operand of this call's kernel: the prepared codes, or packed ones unpacked (and, for a
+    convolution, given to oneDNN) now."""
+    if weight.packed is None:
+        return weight.codes
+    codes = weight.centred()
+    if isinstance(layer, QuantConv2d):
+        return _prepack(layer, codes, weight.scale)
+    return pad_for_int_mm(codes) if codes.device.type == "cuda" else codes
 
 
 def _shift(symmetric: bool, signed: bool) -> int:
@@ -178,18 +244,19 @@ def _int_mm(a: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> torch.Te
 
 
 def integer_linear(codes: torch.Tensor, act_zero_point: int, out_scale: torch.Tensor, weight: IntWeight,
-                   bias: torch.Tensor | None) -> torch.Tensor:
+                   bias: torch.Tensor | None, operand: torch.Tensor | None = None) -> torch.Tensor:
     """Activation codes (..., K) int8 @ weight codes (O, K)^T in int32, zero-point terms subtracted in int32:
     acc = sum_k (a - za)(w - zw) = A W^T - za * sum_k w - zw * (sum_k a - K za); then scaled per channel.
     Exact while |acc| < 2^31 (K * 255 * 255, so K < 33000; ``kernel_path`` checks the fan-in).
 
     The float output is allocated once and the int32 accumulator lives in its memory (same size), so
-    the integer path allocates no more than F.linear does.
+    the integer path allocates no more than F.linear does. ``operand``: the weight codes if not
+    ``weight.codes`` (unpacked this call).
     """
     lead, inner = codes.shape[:-1], codes.shape[-1]
     a = codes.reshape(-1, inner)
     out = torch.empty(a.shape[0], weight.scale.shape[0], device=a.device)
-    acc = _int_mm(a, weight.codes, out.view(torch.int32))
+    acc = _int_mm(a, weight.codes if operand is None else operand, out.view(torch.int32))
     if act_zero_point:
         acc.sub_(weight.code_sum * act_zero_point)
     if weight.zero_point is not None:
@@ -198,7 +265,7 @@ def integer_linear(codes: torch.Tensor, act_zero_point: int, out_scale: torch.Te
     out.copy_(acc)  # int32 -> float32 in place (same element size and position)
     out.mul_(out_scale)  # s_a * s_w per channel
     if bias is not None:
-        out.add_(bias)
+        out.add_(bias.float())
     return out.reshape(*lead, -1)
 
 
@@ -215,12 +282,14 @@ def _conv_weight_zero_point(layer: QuantConv2d, codes: torch.Tensor, act_zero_po
 
 
 def integer_conv2d(layer: QuantConv2d, codes: torch.Tensor, act_zero_point: int, act_scale: float,
-                   weight: IntWeight, correction: torch.Tensor | None = None) -> torch.Tensor:
+                   weight: IntWeight, correction: torch.Tensor | None = None,
+                   operand: torch.Tensor | None = None) -> torch.Tensor:
     """oneDNN's uint8 x int8 convolution with int32 accumulation, output scaled per channel and biased
     in float32; an 8-bit asymmetric weight's zero-point term, s_a s_w zw * window sum, is subtracted
     after, in place (oneDNN gives no int32 output to subtract it from exactly); ``correction`` is
-    s_a s_w zw as (1, O, 1, 1), computed here if not given."""
-    out = torch.ops.onednn.qconv_pointwise(codes, act_scale, act_zero_point, weight.codes, weight.scale,
+    s_a s_w zw as (1, O, 1, 1), computed here if not given; ``operand`` as for integer_linear."""
+    operand = weight.codes if operand is None else operand
+    out = torch.ops.onednn.qconv_pointwise(codes, act_scale, act_zero_point, operand, weight.scale,
                                            weight.code_sum, layer.bias, layer.stride, layer.padding, layer.dilation,
                                            layer.groups, 1.0, 0, torch.float32, "none", [], "")
     if weight.zero_point is not None:
@@ -243,16 +312,18 @@ def kernel_path(layer: QuantLayerMixin, x: torch.Tensor | None = None) -> str:
     bits = aq.bits[aq.current_step()]
     if bits > 8:
         return f"float: {bits}-bit activations do not fit int8 (relaxed call)"
-    if x is not None and x.dtype != torch.float32:
-        return f"float: {x.dtype} input (the integer path takes float32)"
+    conv = isinstance(layer, QuantConv2d)
+    if x is not None and x.dtype != torch.float32 and conv:
+        return f"float: {x.dtype} input (the integer convolution takes float32)"
     if x is not None and x.requires_grad and torch.is_grad_enabled():
         return "float: gradients wanted (the integer kernels have none)"
-    if isinstance(layer, QuantConv2d):
-        if layer.weight.device.type != "cpu" or not _onednn():
+    if conv:
+        if wq.scale.device.type != "cpu" or not _onednn():
             return "float: no int8 convolution here (oneDNN's runs on x86 CPUs; none on CUDA yet)"
         if isinstance(layer.padding, str) or layer.padding_mode != "zeros" or layer.groups != 1:
             return "float: string padding, non-zero padding mode or grouped convolution"
-    if wq.codes.numel() // wq.codes.shape[0] * 255 * 255 >= 2**31:  # fan-in over ~33000: int32 could overflow
+    fan_in = layer.in_channels // layer.groups * math.prod(layer.kernel_size) if conv else layer.in_features
+    if fan_in * 255 * 255 >= 2**31:  # fan-in over ~33000: int32 could overflow
         return "float: fan-in too large for an exact int32 sum"
     return INTEGER
 
@@ -270,15 +341,32 @@ def integer_forward(layer: QuantLayerMixin, x: torch.Tensor) -> torch.Tensor:
     counts = layer.__dict__.get("_kernel_counts")
     if counts is not None:
         counts[path] += 1
+    frozen = layer.__dict__.get("_int_weight")
     if path != INTEGER:
+        if frozen is not None and frozen.frozen:
+            return _dequantized_forward(layer, x, frozen)
         return type(layer).forward(layer, x)
     weight = _prepare(layer)
     step = _step_scales(layer, weight, layer.act_quantizer.current_step())
     conv = isinstance(layer, QuantConv2d)
     codes = _codes(x, step.inv_scale, step.zero_point, step.clamp, signed=not conv)
+    operand = _kernel_codes(layer, weight)
     if conv:
-        return integer_conv2d(layer, codes, step.zero_point, step.scale, weight, step.out_scale)
-    return integer_linear(codes, step.zero_point, step.out_scale, weight, layer.bias)
+        return integer_conv2d(layer, codes, step.zero_point, step.scale, weight, step.out_scale, operand)
+    return integer_linear(codes, step.zero_point, step.out_scale, weight, layer.bias, operand).to(x.dtype)
+
+
+def _dequantized_forward(layer: QuantLayerMixin, x: torch.Tensor, weight: IntWeight) -> torch.Tensor:
+    """A frozen layer's call the kernels cannot run (a relaxed call): its weight dequantized from the
+    codes for this call only, the activations fake-quantized at the call's bits, as the simulation does."""
+    if not layer.quant_weights or layer.weight_override is not None:
+        raise RuntimeError("This layer runs on the integer backend and released its float weight "
+                           "(pcr.quantize(..., backend='integer')); it cannot run with float weights. "
+                           "Load the pipeline again for another mode.")
+    w = weight.dequantized(x.dtype)
+    if isinstance(layer, QuantConv2d):
+        return layer._conv_forward(layer.act_quantizer(x), w, layer.bias)
+    return F.linear(layer.act_quantizer(x), w, layer.bias)
 
 
 def use_integer_kernels(unet: nn.Module, enabled: bool = True, counts: Counter | None = None) -> int:
@@ -286,6 +374,9 @@ def use_integer_kernels(unet: nn.Module, enabled: bool = True, counts: Counter |
     layers switched. Done by an instance ``forward`` (layers.py is untouched); ``counts``, if given,
     tallies each call's kernel path."""
     layers = [m for m in quant_layers(unet).values() if isinstance(m, (QuantLinear, QuantConv2d))]
+    if any(getattr(layer.__dict__.get("_int_weight"), "frozen", False) for layer in layers):
+        raise RuntimeError("This UNet runs on the integer backend and holds only integer weights "
+                           "(pcr.quantize(..., backend='integer')); its kernels cannot be switched.")
     for layer in layers:
         layer.__dict__.pop("forward", None)
         layer.__dict__.pop("_kernel_counts", None)

@@ -101,6 +101,7 @@ class ActQuantizer(nn.Module):
 
     def set_step(self, step: int, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> None:
         """Fix one step's (scale, zero point) from a range, at ``bits`` bits (relaxed steps get more)."""
+        lo, hi = lo.detach(), hi.detach()  # written into buffers: no autograd graph kept alive with them
         scale, zero_point = affine_params(lo, hi, bits, self.symmetric)
         self.scale[step] = scale.to(self.scale.device)
         self.zero_point[step] = zero_point.to(self.zero_point.device)

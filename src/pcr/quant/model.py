@@ -59,6 +59,9 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, num_calls: int | None = 
 
 def unquantize_unet(unet: nn.Module) -> None:
     """Put the float layers back; their weights were never modified."""
+    if any(layer.weight is None for layer in quant_layers(unet).values()):
+        raise RuntimeError("This UNet runs on the integer backend (pcr.quantize(..., backend='integer')), which "
+                           "released its float weights; load the pipeline again to get the float model.")
     with MODEL_BUILD_LOCK:
         for name, module in list(quant_layers(unet).items()):
             _set_module(unet, name, module.to_float())

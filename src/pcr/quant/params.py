@@ -1,12 +1,13 @@
 """Calibrated quantization parameters: read from a quantized UNet, saved, loaded, applied to a pipeline.
 
-One safetensors file holds every layer's weight codes, scales and zero points and its per-step
-activation parameters; its JSON header holds the QuantConfig, the model, the scheduler, the step
-count and UNet calls and the resolution they were calibrated for, and fingerprints of the float
-weights, so putting them on another model, scheduler or step count is a clear error rather than
-silently wrong images. The header also holds a sha256 of every tensor, checked on load, and the
-tensors are checked for NaN, inf and weight codes outside their bit grid when saved and loaded
-(pcr.quant.integrity): a damaged file is an error naming it, never NaN (black) images.
+One safetensors file holds every layer's weight codes (two per byte at 4 bits or fewer), scales and
+zero points and its per-step activation parameters, never a float weight; its JSON header holds the
+QuantConfig, the model, the scheduler, the step count and UNet calls and the resolution they were
+calibrated for, and fingerprints of the float weights, so putting them on another model, scheduler or
+step count is a clear error rather than silently wrong images. The header also holds a sha256 of every
+tensor, checked on load, and the tensors are checked for NaN, inf and weight codes outside their bit
+grid when saved and loaded (pcr.quant.integrity): a damaged file is an error naming it, never NaN
+(black) images.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from pcr.io import atomic_file
 from pcr.pipelines.sampling import scheduler_timesteps
 from pcr.pipelines.steps import StepTracker
-from pcr.quant.config import QuantConfig
+from pcr.quant.config import BACKENDS, QuantConfig
+from pcr.quant.freeze import freeze_integer
 from pcr.quant.integrity import (
     RECALIBRATE,
     ParamsFileError,
@@ -34,13 +36,15 @@ from pcr.quant.integrity import (
     verify_checksums,
 )
 from pcr.quant.model import quant_layers, quantize_unet
+from pcr.quant.packing import pack_codes, packable, unpack_codes
 from pcr.quant.select import quantizable_layers
 
 __all__ = ["QuantParams", "ParamsMismatchError", "act_range_rows", "apply_params", "apply_weights",
            "calibration_summary", "collect_params", "fingerprint", "load_params", "params_digest", "quantize",
            "save_params", "trajectory_ranges"]
 
-FORMAT = "pcr.quant.params/1"
+FORMAT = "pcr.quant.params/2"  # /2: weight codes of <= 4 bits packed two per byte (pcr.quant.packing)
+READABLE = ("pcr.quant.params/1", FORMAT)
 TENSORS = ("weight_scale", "weight_zero_point", "weight_codes", "act_scale", "act_zero_point", "act_range",
            "fingerprint")
 
@@ -125,6 +129,9 @@ def collect_params(unet: torch.nn.Module, config: QuantConfig, act_bits: list[in
         wq, aq = layer.weight_quantizer, layer.act_quantizer
         if not wq.ready:
             raise RuntimeError(f"Layer {name} has no calibrated weights.")
+        if layer.weight is None:
+            raise RuntimeError(f"Layer {name} runs on the integer backend and released its float weight and "
+                               "codes; save the parameters it was quantized with instead.")
         layers[name] = {
             "weight_scale": wq.scale, "weight_zero_point": wq.zero_point, "weight_codes": wq.codes,
             "act_scale": aq.scale.float(), "act_zero_point": aq.zero_point, "act_range": aq.range.float(),
@@ -178,7 +185,13 @@ def save_params(path: str | os.PathLike, params: QuantParams) -> None:
     sha256 of every tensor; parameters with NaN, inf or impossible codes are refused, not written."""
     params.check()
     tensors = params.tensors()
-    header = {**params.header(), "tensor_sha256": tensor_checksums(tensors)}
+    header = params.header()
+    bits, symmetric = params.config.weight_bits, params.config.weight_symmetric
+    if packable(bits):  # two codes per byte; the header keeps each layer's weight shape to unpack them
+        header["packed_weight_shapes"] = {name: list(t["weight_codes"].shape) for name, t in params.layers.items()}
+        for name, layer in params.layers.items():
+            tensors[f"{name}.weight_codes"] = pack_codes(layer["weight_codes"], bits, symmetric)
+    header["tensor_sha256"] = tensor_checksums(tensors)
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"pcr": json.dumps(header)})
 
@@ -210,8 +223,22 @@ def load_params(path: str | os.PathLike) -> QuantParams:
         raise ParamsFileError(f"{path}: its pcr header is incomplete or invalid ({type(err).__name__}: {err}); the "
                               f"file is damaged or was edited. {RECALIBRATE}") from None
     verify_checksums(path, tensors, header.get("tensor_sha256"))
+    _unpack_weight_codes(path, params, header.get("packed_weight_shapes"))
     params.check(path)
     return params
+
+
+def _unpack_weight_codes(path: Path, params: QuantParams, shapes: dict | None) -> None:
+    """Weight codes a file holds packed two per byte, back to one code per element."""
+    if shapes is None:
+        return
+    bits, symmetric = params.config.weight_bits, params.config.weight_symmetric
+    for name, layer in params.layers.items():
+        try:
+            layer["weight_codes"] = unpack_codes(layer["weight_codes"], tuple(shapes[name]), bits, symmetric)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ParamsFileError(f"{path}: the packed weight codes of {name} do not unpack ({err}); the file is "
+                                  f"damaged or was edited. {RECALIBRATE}") from None
 
 
 def _read_header(path: Path, metadata: dict) -> dict:
@@ -221,9 +248,10 @@ def _read_header(path: Path, metadata: dict) -> dict:
     except json.JSONDecodeError as err:
         raise ParamsFileError(f"{path}: its pcr header is not valid JSON ({err}); the file is damaged or was "
                               f"edited. {RECALIBRATE}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") not in READABLE:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise ValueError(f"{path} holds no pcr quantization parameters (format {found!r}, expected {FORMAT!r}).")
+        raise ValueError(f"{path} holds no pcr quantization parameters (format {found!r}, expected one of "
+                         f"{READABLE}).")
     return header
 
 
@@ -273,18 +301,24 @@ def _check_timesteps(scheduler, params: QuantParams) -> None:
             "Use the scheduler (and scheduler config) they were calibrated with, or recalibrate.")
 
 
-def quantize(pipe, params: QuantParams | str | os.PathLike, cache_weights: bool = True):
+def quantize(pipe, params: QuantParams | str | os.PathLike, cache_weights: bool = True, backend: str = "simulated"):
     """Make ``pipe``'s UNet quantized with calibrated ``params`` (or a file of them), weights and activations.
 
+    ``backend="simulated"`` fake-quantizes in float (reversible with ``unquantize_unet``). Its
     ``cache_weights`` keeps a dequantized copy of every weight beside the float weights and the codes
     (fast; about 2.25x the UNet's weight memory); False dequantizes per UNet call (about 1.25x): SDXL in
-    float32 on a 24 GB machine needs it.
+    float32 on a 24 GB machine needs it. ``backend="integer"`` runs int8 kernels with the calibrated
+    activation parameters of each call and keeps only integer weights (``pcr.quant.freeze``): the
+    float weights are released, so the pipeline cannot be unquantized; move it to its device first.
+    ``pipe.unet.pcr_kernel_paths`` then counts the layer calls per kernel path (relaxed calls fall back).
 
     Per-step parameters are then only valid for runs of ``params.num_steps`` inference steps (their
     ``params.num_calls`` UNet calls); another step count stops the first UNet call with an error
     naming both. ``pipe.unet.pcr_calibration`` records what they were calibrated on (the
     generation provenance reads it).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(params, QuantParams):
         params = load_params(params)  # checked there, naming the file
     else:
@@ -295,9 +329,12 @@ def quantize(pipe, params: QuantParams | str | os.PathLike, cache_weights: bool 
     check_weights(pipe.unet)  # a NaN weight passes the fingerprint comparison (NaN compares False)
     check_compatible(pipe, params)
     StepTracker.attach(pipe)
-    quantize_unet(pipe.unet, params.config, params.num_calls, cache_weights=cache_weights)
+    quantize_unet(pipe.unet, params.config, params.num_calls, cache_weights=cache_weights and backend == "simulated")
     apply_params(pipe.unet, params)
     pipe.unet.pcr_calibration = calibration_summary(params)
     for layer in quant_layers(pipe.unet).values():
         layer.quant_weights, layer.act_quantizer.enabled = True, True
+    if backend == "integer":
+        pipe.unet.pcr_calibration["backend"] = backend
+        pipe.unet.pcr_kernel_paths = freeze_integer(pipe.unet)
     return pipe

@@ -28,11 +28,13 @@ BASE_COLUMNS = [
     "variant", "label", "method", "bits", "weight_bits", "act_bits", "prompt_set", "prompt_spec",
     "n_images", "fid", "fid_lo", "fid_hi", "kid", "clip_score", "clip_lo", "clip_hi", "clip_score_fp",
     "clip_score_delta", "clip_delta_lo", "clip_delta_hi", "psnr", "psnr_lo", "psnr_hi", "ssim", "ssim_lo",
-    "ssim_hi", "paired", "avg_act_bits", "weight_mb", "bitops_ratio", "quant_config_hash",
+    "ssim_hi", "paired", "avg_act_bits", "weight_mb", "bitops_ratio", "backend", "seconds_per_image",
+    "speedup_vs_fp", "unet_weight_mb", "unet_weight_ratio", "quant_config_hash",
 ]  # fmt: skip
 
 # Metrics of the paper table, in column order.
 MAIN_METRICS = ["fid", "psnr", "ssim", "clip_score"]
+MEASURED = ["speedup_vs_fp", "unet_weight_ratio"]  # measured costs the paper table adds where they exist
 
 _NON_FINITE = ("inf", "-inf", "nan")
 
@@ -86,6 +88,7 @@ def _row(path: Path) -> tuple[dict, dict]:
                          "was it written by the workflow's evaluate rule?")
     run, metrics = data["run"], data["metrics"]
     prov, cost = data.get("provenance") or {}, data.get("cost") or {}
+    measured = cost.get("measured") or {}
     fid_lo, fid_hi = _interval(metrics.get("fid_ci95"))
     clip_lo, clip_hi = _interval(metrics.get("clip_score_ci95"))
     delta_lo, delta_hi = _interval(metrics.get("clip_score_delta_ci95"))
@@ -122,6 +125,11 @@ def _row(path: Path) -> tuple[dict, dict]:
         "avg_act_bits": _num(cost.get("avg_act_bits")),
         "weight_mb": _num(cost.get("weight_mb_packed")),
         "bitops_ratio": _num(cost.get("bitops_ratio")),
+        "backend": run.get("backend", "fp" if run.get("method") == "fp" else "simulated"),
+        "seconds_per_image": _num(measured.get("seconds_per_image")),  # measured by the generation job
+        "speedup_vs_fp": _num(measured.get("speedup_vs_fp")),
+        "unet_weight_mb": _num(measured.get("unet_weight_mb")),  # resident, as the backend holds it
+        "unet_weight_ratio": _num(measured.get("unet_weight_ratio")),
         "quant_config_hash": prov.get("quant_config_hash"),
     }
     knobs = run.get("knobs") or {}
@@ -185,7 +193,9 @@ def main_table(df: pd.DataFrame) -> pd.DataFrame:
     """The paper table: one row per (label, bits), in the order first seen in `df`.
 
     Columns: label, bits, then "<metric>[<prompt set>]" for each prompt set (first-seen order) and metric
-    (fid, psnr, ssim, clip_score), then avg_act_bits. FID/PSNR/SSIM are measured against the FP images.
+    (fid, psnr, ssim, clip_score), then avg_act_bits and, where the generation jobs measured them, the
+    sampling speed-up and the UNet's weight memory against FP (means over the prompt sets' folders).
+    FID/PSNR/SSIM are measured against the FP images.
     Raises ValueError if `df` has two rows for one (label, bits, prompt set).
     """
     keys = ["label", "bits"]
@@ -195,8 +205,12 @@ def main_table(df: pd.DataFrame) -> pd.DataFrame:
     columns = [(metric, prompt_set) for prompt_set in prompt_sets for metric in MAIN_METRICS]
     wide = wide.reindex(index=order, columns=pd.MultiIndex.from_tuples(columns))
     wide.columns = [f"{metric}[{prompt_set}]" for metric, prompt_set in columns]
-    bits = df.groupby(keys, sort=False)["avg_act_bits"].first().reindex(order)
-    return wide.assign(avg_act_bits=bits).reset_index()
+    groups = df.groupby(keys, sort=False)
+    wide = wide.assign(avg_act_bits=groups["avg_act_bits"].first().reindex(order))
+    for column in MEASURED:
+        if column in df and df[column].notna().any():
+            wide[column] = groups[column].mean().reindex(order)
+    return wide.reset_index()
 
 
 # -- paired differences against a baseline method ----------------------------------------------------
