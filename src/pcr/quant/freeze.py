@@ -24,9 +24,9 @@ __all__ = ["freeze_integer", "is_frozen", "weight_bytes"]
 def freeze_integer(unet: nn.Module, pack: bool = True) -> Counter:
     """Switch ``unet``'s quantized layers (parameters applied) to the integer kernels and release their
     float weights; returns the Counter the layers tally each call's kernel path in (``kernel_path``).
-    ``pack=False`` keeps codes of 4 bits or fewer as int8 too (twice the memory; no unpacking and, for
-    a convolution, no oneDNN packing per call: SD 1.5 W4A8 ran 1.70x faster than float32 packed, W8A8
-    2.90x; benchmarks/integer_kernels.py)."""
+    ``pack=False`` keeps codes of 4 bits or fewer as int8 too: twice the memory, but no unpacking
+    and, for a convolution, no oneDNN packing per call. SD 1.5 W4A8 ran 1.17-1.5x faster than float32
+    packed, W8A8 2.6x (benchmarks/integer_kernels.py)."""
     counts: Counter = Counter()
     use_integer_kernels(unet, True, counts)
     for layer in quant_layers(unet).values():
