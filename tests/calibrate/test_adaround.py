@@ -1,5 +1,6 @@
 """AdaRound/BRECQ: block reconstruction lowers each unit's output error below rounding to nearest."""
 
+import pytest
 import torch
 
 from pcr.calibrate import calibrate
@@ -42,6 +43,8 @@ def test_reconstruction_beats_nearest_rounding(pipe):
 
 
 def test_it_is_deterministic(pipe):
+    if "XL" in type(pipe).__name__:
+        pytest.skip("determinism is a property of the loop, checked on tiny-sd (the other tests run SDXL's blocks)")
     config = CONFIG.replace(weight_iters=5)
     first = calibrate(pipe, PROMPTS[:2], config, progress=False)
     second = calibrate(pipe, PROMPTS[:2], config, progress=False)
