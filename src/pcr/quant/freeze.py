@@ -26,7 +26,7 @@ def freeze_integer(unet: nn.Module, pack: bool = True) -> Counter:
     float weights; returns the Counter the layers tally each call's kernel path in (``kernel_path``).
     ``pack=False`` keeps codes of 4 bits or fewer as int8 too: twice the memory, but no unpacking
     and, for a convolution, no oneDNN packing per call. SD 1.5 W4A8 ran 1.17-1.5x faster than float32
-    packed, W8A8 2.6x (benchmarks/integer_kernels.py)."""
+    packed, W8A8 2.8x (benchmarks/integer_kernels.py)."""
     counts: Counter = Counter()
     use_integer_kernels(unet, True, counts)
     for layer in quant_layers(unet).values():

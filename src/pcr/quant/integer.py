@@ -297,7 +297,7 @@ def integer_conv2d(layer: QuantConv2d, codes: torch.Tensor, act_zero_point: int,
         if correction is None:
             correction = (act_scale * weight.scale * weight.zero_point).reshape(1, -1, 1, 1)
         out.addcmul_(window, correction, value=-1)
-    return out  # channels-last, as oneDNN answers: the next convolution reads it without a reorder
+    return out.contiguous()  # oneDNN answers channels-last; NCHW kept the tiny test models fast
 
 
 def kernel_path(layer: QuantLayerMixin, x: torch.Tensor | None = None) -> str:
