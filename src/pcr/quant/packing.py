@@ -44,8 +44,8 @@ def unpack_codes(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], bits
     if tuple(packed.shape) != expected or packed.dtype != torch.uint8:
         raise ValueError(f"packed codes of shape {tuple(packed.shape)} ({packed.dtype}) cannot hold codes of shape "
                          f"{tuple(shape)}: expected uint8 {expected}")
-    rows = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(shape[0], -1)[:, :inner]
-    return (rows.to(torch.int16) + qmin).to(code_dtype(bits, symmetric)).reshape(shape)
+    offset = torch.full((shape[0], 1), qmin, dtype=torch.int8, device=packed.device)
+    return unpack_centred(packed, inner, offset).to(code_dtype(bits, symmetric)).reshape(shape)
 
 
 def unpack_centred(packed: torch.Tensor, inner: int, offset: torch.Tensor) -> torch.Tensor:
