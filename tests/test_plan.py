@@ -259,3 +259,14 @@ def test_integer_backend_rows_sample_with_their_variants_calibration(tiny, backe
     assert info["backend"] == "integer" and info["knobs"] == plan.knobs(variants[-1], "W4A6")
     assert sum(f"/{row}/" in f for f in plan.main_metrics()) == len(plan.main_bits) * len(plan.eval_sets)
     assert plan.report_baseline == ("perstep" if "simulated" in backends else "perstep.int8")
+
+
+def test_the_toy_checks_sample_as_the_run_does_unless_told_otherwise(default):
+    """The evaluator judges the images the FP folders hold: the default's toy.sample is absent."""
+    run = default.config["sampling"]
+    assert default.toy_sampling == {"steps": run["steps"], "guidance": run["guidance"], "scheduler": None}
+    longer = merged("config/config.yaml", "config/toy_long.yaml")
+    assert Plan.from_config(longer).toy_sampling["steps"] == longer["sampling"]["steps"] == 20
+    told = copy.deepcopy(default.config)
+    told["toy"]["sample"] = {"guidance": 7.5, "scheduler": "euler"}
+    assert Plan.from_config(told).toy_sampling == {"steps": run["steps"], "guidance": 7.5, "scheduler": "euler"}

@@ -109,3 +109,15 @@ def test_clear_error_without_open_clip_bpe(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="open_clip_torch"):
         clip_tokenizer(tmp_path / "clip_tokenizer")
     assert not (tmp_path / "clip_tokenizer").exists()
+
+
+def test_cached_token_ids_equal_the_tokenizers(tokenizer):
+    import torch
+
+    from pcr.tokenizer import CachedTokenIds
+
+    cached = CachedTokenIds(tokenizer)
+    texts = ["a red circle", "a blue square on the left", "a red circle"]
+    want = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(cached(texts), want) and len(cached.ids) == 2
+    assert torch.equal(cached(texts[::-1]), want.flip(0))  # from memory

@@ -188,6 +188,12 @@ def test_tiny_dag_runs_end_to_end_and_a_changed_relax_interval_reruns_only_its_b
     assert metrics["provenance"]["n_images"] == 4 and metrics["provenance"]["seeds"]["base"] == 0
     assert metrics["run"]["knobs"]["calib_size"] == 4 and metrics["cost"]["avg_act_bits"] == 6
     assert (workdir / "logs/calibrate/progressive/W4A6.log").stat().st_size > 0
+    evaluator = json.loads((workdir / "results/toy/evaluator.json").read_text())
+    assert evaluator["sampling"]["steps"] == 2  # the tiny config's toy.sample; the default follows `sampling`
+    assert 0 <= evaluator["model_prompt_following"]["eval_in"]["object"] <= 1
+    timing = pd.read_csv(workdir / "results/tables/run_time.csv").set_index("rule")
+    assert timing.loc["calibrate", "jobs"] == 3 and timing.loc["generate", "jobs"] == 16
+    assert timing.loc["total", "total_s"] == pytest.approx(timing["total_s"].drop("total").sum(), abs=0.5)
 
     again = snakemake(workdir, "all")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -25,7 +25,7 @@ from pcr.runtime import MODEL_BUILD_LOCK, job_log, use_available_cpus
 
 __all__ = ["act_ranges", "calibrate", "calibrate_weights", "collect_shards", "delta_table", "evaluate_toy",
            "experiment_deltas", "experiment_figure", "experiment_table", "figure", "generate", "metrics", "prompts",
-           "sample_grid", "table", "toy_sample_grid", "train_toy_clip", "train_toy_model"]
+           "run_time_table", "sample_grid", "table", "toy_sample_grid", "train_toy_clip", "train_toy_model"]
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -145,14 +145,18 @@ def train_toy_model(clip: str, out: str, cfg: dict, seed: int, res: int, p_two: 
 
 @job
 def evaluate_toy(model: str, clip: str, out: str, sample: dict, n: int, seed: int, p_two: float) -> None:
+    """The toy models' checks; ``sample``: steps, guidance and scheduler (a short name; None: the model's own)."""
     from pcr.pipelines import load_pipeline
+    from pcr.pipelines.schedulers import use_scheduler
     from pcr.tokenizer import clip_tokenizer
     from pcr.toy.clip import load_toy_clip
     from pcr.toy.evaluate import evaluate_toy_models
 
     toy_clip, _ = load_toy_clip(clip)
-    result = evaluate_toy_models(load_pipeline(f"toy:{model}"), toy_clip, clip_tokenizer(), n=n, seed=seed,
-                                 p_two=p_two, steps=sample["steps"], guidance=sample["guidance"])
+    pipe = load_pipeline(f"toy:{model}")
+    with use_scheduler(pipe, sample.get("scheduler")):
+        result = evaluate_toy_models(pipe, toy_clip, clip_tokenizer(), n=n, seed=seed, p_two=p_two,
+                                     steps=sample["steps"], guidance=sample["guidance"])
     _write_json(out, result)
 
 
@@ -160,12 +164,14 @@ def evaluate_toy(model: str, clip: str, out: str, sample: dict, n: int, seed: in
 def toy_sample_grid(model: str, grid: str, prompt_list: str, sample: dict, rows: int, cols: int, seed: int,
                     p_two: float) -> None:
     from pcr.pipelines import load_pipeline
+    from pcr.pipelines.schedulers import use_scheduler
     from pcr.toy.evaluate import sample_grid as draw
     from pcr.toy.world import toy_prompts
 
     chosen = toy_prompts("eval_in", rows, seed, p_two)
-    image = draw(load_pipeline(f"toy:{model}"), chosen, seeds=cols, seed=seed, steps=sample["steps"],
-                 guidance=sample["guidance"])
+    pipe = load_pipeline(f"toy:{model}")
+    with use_scheduler(pipe, sample.get("scheduler")):
+        image = draw(pipe, chosen, seeds=cols, seed=seed, steps=sample["steps"], guidance=sample["guidance"])
     with atomic_file(grid) as tmp:
         image.save(tmp, format="PNG")
     with atomic_file(prompt_list) as tmp:
@@ -314,6 +320,13 @@ def table(metrics_files: list[str], csv: str, markdown: str) -> None:
     from pcr.report import metrics_table, write_table
 
     write_table(metrics_table(list(metrics_files)), csv, markdown)
+
+
+@job
+def run_time_table(bench_dir: str, csv: str, markdown: str) -> None:
+    from pcr.report.timing import write_run_time_table
+
+    write_run_time_table(bench_dir, csv, markdown)
 
 
 @job

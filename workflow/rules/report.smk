@@ -213,3 +213,19 @@ rule experiment_act_ranges_figure:
         kind="act_ranges",
     run:
         jobs.figure(log[0], params.kind, input[0], output.png)
+
+
+# Where the run's time went: every job's benchmark file summed per rule, after everything `all` makes.
+rule run_time_table:
+    input:
+        get_final_output(),
+    output:
+        csv="results/tables/run_time.csv",
+        markdown="results/tables/run_time.md",
+    log:
+        "logs/run_time_table.log",
+    localrule: True
+    params:
+        benchmarks="results/benchmarks",
+    run:
+        jobs.run_time_table(log[0], params.benchmarks, output.csv, output.markdown)

@@ -55,7 +55,7 @@ rule toy_evaluator:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     params:
-        sample=config["toy"]["sample"],
+        sample=PLAN.toy_sampling,
         n=config["toy"]["evaluate"]["prompts"],
         seed=config["seed"],
         p_two=config["toy"]["p_two_objects"],
@@ -84,7 +84,7 @@ rule toy_sample_grid:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     params:
-        sample=config["toy"]["sample"],
+        sample=PLAN.toy_sampling,
         rows=config["toy"]["evaluate"]["grid_prompts"],
         cols=config["toy"]["evaluate"]["grid_seeds"],
         seed=config["seed"],

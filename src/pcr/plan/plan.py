@@ -57,6 +57,7 @@ class Plan:
             if name in config["ablations"]:
                 check_bits(f"ablations.{name}.bits", config["ablations"][name]["bits"])
         self._check_toy_prompt_sets()
+        self.toy_sampling = self._toy_sampling(config)
         self.variants: dict[str, Variant] = {}
         self._by_content: dict[str, str] = {}
         self._config_names: dict[str, str] = {}  # quant.variants entry -> the variant it is (same settings: one)
@@ -344,6 +345,17 @@ class Plan:
         return self.experiment
 
     # -- checks of names the schema cannot resolve -----------------------------------------------------------------
+    @staticmethod
+    def _toy_sampling(config: dict) -> dict | None:
+        """How the toy model's own checks sample it: config toy.sample, or by default as every model of the
+        run is sampled, so the evaluator judges the images the benchmark's FP folders hold."""
+        if config["model"] != "toy":
+            return None
+        sampling = config["sampling"]
+        own = config["toy"].get("sample") or {}
+        return {"steps": own.get("steps", sampling["steps"]), "guidance": own.get("guidance", sampling["guidance"]),
+                "scheduler": own.get("scheduler", sampling.get("scheduler"))}
+
     def _check_toy_prompt_sets(self) -> None:
         prompts = self.config["prompts"]
         for name, spec in [("calibration", prompts["calibration"]), *prompts["evaluation"].items()]:

@@ -137,12 +137,13 @@ def train_toy_clip(out_dir: str | os.PathLike, steps: int = 300, batch_size: int
     """Train the toy CLIP from scratch and save config + weights in `out_dir` (atomically)."""
     import open_clip
     from safetensors.torch import save_file
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from pcr.tokenizer import clip_tokenizer
+    from pcr.tokenizer import CachedTokenIds, clip_tokenizer
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    tokenizer = clip_tokenizer()
+    tokenize = CachedTokenIds(clip_tokenizer())
     config = toy_clip_config(res, width, layers)
     with atomic_dir(out_dir) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -159,11 +160,10 @@ def train_toy_clip(out_dir: str | os.PathLike, steps: int = 300, batch_size: int
             # negatives are phrased in both families, like the captions, so phrasing never tells them apart
             texts = captions + [world.caption(n, world.FAMILIES[rng.integers(len(world.FAMILIES))],
                                               int(rng.integers(world.N_TEMPLATES))) for n in negatives]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            # the math attention kernel: the flash kernel's backward took over a third of a step at these sizes
+            with torch.autocast("cpu", dtype=torch.bfloat16), sdpa_kernel(SDPBackend.MATH):
                 img = encode_images(model, torch.from_numpy(images))
-                ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True,
-                                return_tensors="pt").input_ids
-                txt = _encode_texts_trimmed(model, ids)
+                txt = _encode_texts_trimmed(model, tokenize(texts))
             keys = [s.key() for s in scenes]
             loss = _contrastive_loss(img.float(), txt.float(), model.logit_scale.exp(), keys,
                                      keys + [n.key() for n in negatives])

@@ -13,10 +13,32 @@ from pcr.toy.clip import attribute_accuracy
 
 __all__ = [
     "CHANCE", "clip_zero_shot", "prompt_following", "sample_images", "image_grid", "evaluate_toy_models",
-    "sample_grid",
+    "sample_grid", "object_present",
 ]
 
 CHANCE = {name: 1 / len(values) for name, values in {**world.ATTRIBUTES, "background": world.BACKGROUNDS}.items()}
+# Every background is gray-scale and every object colour saturated: a pixel whose channels spread more
+# than this (in [0, 1]) belongs to an object. The least saturated colour (green) spreads 0.53.
+CHROMA = 0.25
+
+
+def _chromatic_share(images: torch.Tensor) -> torch.Tensor:
+    """(N,) share of each [-1, 1] image's pixels that are coloured (an object's, not the background's)."""
+    x = (images.float() + 1) / 2
+    return ((x.amax(1) - x.amin(1)) > CHROMA).float().mean((1, 2))
+
+
+def min_object_share(res: int) -> float:
+    """Half the coloured share of the smallest object drawn as small as the world's jitter allows: an image
+    with less shows no object (an empty frame)."""
+    smallest = world.ToyScene((world.ToyObject("triangle", "green", "small", "center"),), "black")
+    share = _chromatic_share(torch.from_numpy(world.draw_batch([smallest], [0], res)))
+    return float(share[0]) * 0.9 / 2  # the jitter shrinks an object by up to 10%
+
+
+def object_present(images: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: does each [-1, 1] image (N, 3, H, W) show an object, or is it an empty frame?"""
+    return _chromatic_share(images) >= min_object_share(images.shape[-1])
 
 
 def clip_zero_shot(model, tokenizer, prompts: list[world.ToyPrompt], seed: int = 0, res: int = 32) -> dict:
@@ -41,9 +63,11 @@ def sample_images(pipe, texts: list[str], seed: int = 0, steps: int = 20, guidan
 
 
 def prompt_following(pipe, model, tokenizer, prompts: list[world.ToyPrompt], **sample_kwargs) -> dict:
-    """Attribute accuracy, judged by the toy CLIP, of the model's samples for `prompts`."""
+    """Attribute accuracy, judged by the toy CLIP, of the model's samples for `prompts`, and the share of
+    samples that show an object at all (`object`: an empty frame is right about its background only)."""
     images = sample_images(pipe, [p.text for p in prompts], **sample_kwargs)
-    return attribute_accuracy(model, tokenizer, images, [p.scene for p in prompts])
+    accuracy = attribute_accuracy(model, tokenizer, images, [p.scene for p in prompts])
+    return {**accuracy, "object": float(object_present(images).float().mean())}
 
 
 def image_grid(rows: list[list[np.ndarray]], scale: int = 4, pad: int = 2) -> Image.Image:
