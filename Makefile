@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# ends with where the run's time went (results/tables/run_time.md: Snakemake's benchmark files per rule)
 run: setup
 	$(BIN)/snakemake --cores 1 all
+	@cat results/tables/run_time.md
 
 # one worker per core (at most 4): each test process runs torch on one thread
 test: lint
