@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A single-node SLURM cluster on this machine, for the workflow's SLURM test (issue 15, not yet written): controller and
+# node on localhost, one partition, munge authentication, no accounting database. Needs root and apt.
+# Idempotent: a second call finds the daemons running and returns.
+set -euo pipefail
+
+command -v slurmctld >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+
+if [ ! -s /etc/munge/munge.key ]; then
+    dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+fi
+chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+mkdir -p /run/munge && chown munge:munge /run/munge
+pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+
+host=$(hostname -s)
+cpus=$(nproc)
+mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=pcr-ci
+SlurmctldHost=$host
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=pcr Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+
+pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmd >/dev/null || slurmd
+for _ in $(seq 30); do
+    if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+        echo "slurm: node $host idle in partition pcr ($cpus CPUs, $mem MB)"
+        exit 0
+    fi
+    sleep 1
+done
+echo "slurm did not come up; see /var/log/slurm/*.log" >&2
+exit 1
