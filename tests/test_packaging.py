@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pyproject_requirements():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    extras = project["optional-dependencies"]
+    return [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["slurm"]]
 
 
 def test_environment_yml_mirrors_pyproject():
