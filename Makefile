@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pcr-installed
+SLURM_STAMP := $(VENV)/.pcr-slurm-installed
 
-.PHONY: setup run test lint clean-results
+.PHONY: setup run test test-slurm lint clean-results
 
 # Installs pcr (editable) with the exact tested versions; redone when the requirements change.
 # --no-compile: Python compiles what is imported when it is first imported, not all of torch up front
@@ -16,6 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# the [slurm] extra: Snakemake's SLURM executor plugin
+$(SLURM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[test,slurm]'
+	touch $(SLURM_STAMP)
+
 # ends with where the run's time went (results/tables/run_time.md: Snakemake's benchmark files per rule)
 run: setup
 	$(BIN)/snakemake --cores 1 all
@@ -24,6 +30,11 @@ run: setup
 # one worker per core (at most 4): each test process runs torch on one thread
 test: lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+
+# The tiny DAG through a real single-node SLURM cluster brought up on this machine (needs root and apt:
+# the test runs .ci/slurm/up.sh), checked against a local run; `make test` skips it. Prints its times.
+test-slurm: $(SLURM_STAMP)
+	PCR_SLURM_TEST=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_slurm.py
 
 # Python (ruff), the workflow's format (snakefmt) and Snakemake's own best-practice check
 lint: setup

@@ -62,8 +62,36 @@ def planned_wildcards(run: subprocess.CompletedProcess, rule: str) -> set[str]:
     return {re.search(r"wildcards: (.*)", b)[1] for b in blocks if re.match(rf"(?:local)?rule {rule}:", b)}
 
 
+# the rules whose jobs run a model; every other rule in workflow/rules is a localrule (tables, figures)
+MODEL_RULES = {"toy_clip", "toy_model", "toy_evaluator", "toy_sample_grid", "calibrate_weights", "calibrate",
+               "generate", "generate_shard", "metrics"}
+
+
+def job_resources(run: subprocess.CompletedProcess) -> dict[str, list[str]]:
+    """rule -> the `resources:` line of each of its jobs in a dry run."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout)
+    return {m[1]: [line for b in blocks if re.match(rf"(?:local)?rule {m[1]}:", b)
+                   for line in b.splitlines() if "resources:" in line]
+            for m in {re.match(r"(?:local)?rule (\w+):", b) for b in blocks} - {None}}
+
+
+def test_only_the_model_rules_are_left_to_executors():
+    """A rule without `localrule: True` is sent to a cluster executor; it must have job sizes in the profiles."""
+    remote = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for m in re.finditer(r"^ *rule (\w+):\n(.*?)(?=^ *rule |\Z)", smk.read_text(), re.M | re.S):
+            if "localrule: True" not in m[2]:
+                remote.add(m[1])
+    assert remote == MODEL_RULES
+    for profile, rules in (("default", MODEL_RULES), ("gpu", MODEL_RULES - {"toy_clip", "toy_model", "toy_evaluator",
+                                                                            "toy_sample_grid"})):
+        config = yaml.safe_load((ROOT / "workflow" / "profiles" / profile / "config.yaml").read_text())
+        assert set(config["set-resources"]) == rules, profile
+
+
 def test_default_config_plans_the_main_comparison(tmp_path):
-    jobs = planned(snakemake(checkout(tmp_path), "--dry-run", "all"))
+    run = snakemake(checkout(tmp_path), "--dry-run", "all")
+    jobs = planned(run)
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     variants, bits = len(config["quant"]["variants"]), len(config["quant"]["bits"])
     sets = len(config["prompts"]["evaluation"])
@@ -74,6 +102,11 @@ def test_default_config_plans_the_main_comparison(tmp_path):
     assert jobs["sample_grid"] == sets
     for rule in ("prompts", "toy_clip", "toy_model", "toy_evaluator", "main_table", "figure", "bits_figure"):
         assert jobs[rule] >= 1, rule
+    # the model jobs declare the default profile's sizes, the toy's; the localrules none
+    for rule, lines in job_resources(run).items():
+        sized = rule in MODEL_RULES
+        assert all(("mem_mb=4000" in line and "runtime=60" in line) == sized and "gpu=" not in line
+                   for line in lines), rule
 
 
 def test_ablation_targets_plan_their_variants_and_reuse_the_main_ones(tmp_path):
@@ -108,13 +141,17 @@ def test_paper_profiles_plan_sharded_gpu_jobs(tmp_path, profile):
     args = ("--dry-run", "all", "--configfile", f"config/{profile}.yaml")
     merged = snakemake(workdir, *args)  # merged into the toy default, it would keep the toy's prompt sets
     assert merged.returncode != 0 and "add --replace-workflow-config" in output(merged)
-    run = snakemake(workdir, *args, "--replace-workflow-config")
+    # with the real models' job sizes (workflow/profiles/gpu; the default profile's are the toy's)
+    run = snakemake(workdir, *args, "--replace-workflow-config", "--workflow-profile", "workflow/profiles/gpu", cores=8)
     jobs = planned(run)
     assert "toy_model" not in jobs and jobs["calibrate"] == 12
     shards, sets = config["sampling"]["shards"], len(config["prompts"]["evaluation"])
     assert jobs["generate_shard"] == shards * (12 + 2) * sets and jobs["collect_shards"] == (12 + 2) * sets
-    calibrate_block = run.stdout.split("rule calibrate:")[1].split("\n\n")[0]
-    assert "gpu=1" in calibrate_block and "mem_mb=" in calibrate_block and "runtime=" in calibrate_block
+    for rule, lines in job_resources(run).items():
+        sized = rule in MODEL_RULES
+        assert all(("gpu=1" in line and "mem_mb=32000" in line and "runtime=240" in line) == sized
+                   for line in lines), rule
+    assert "threads: 8" in run.stdout.split("rule calibrate:")[1].split("\n\n")[0]
 
 
 def test_bad_configs_name_the_key(tmp_path):
@@ -134,6 +171,12 @@ def test_bad_configs_name_the_key(tmp_path):
     run = snakemake(checkout(tmp_path / "c", config), "--dry-run", "all")
     assert run.returncode != 0
     assert "config key ablations.relax_bits.variant: variant 'progresive' is not one of quant.variants" in output(run)
+
+    config = tiny_config()
+    config["resources"] = {"threads": 2, "gpu": 0, "mem_mb": 4000, "runtime": 60}  # where job sizes used to be
+    run = snakemake(checkout(tmp_path / "e", config), "--dry-run", "all")
+    assert run.returncode != 0 and "config key resources: is no longer read" in output(run)
+    assert "workflow/profiles/gpu" in output(run)
 
     config = tiny_config()
     config["ablations"]["calib_size"]["sizes"] = [2, 8]

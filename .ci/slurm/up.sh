@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# A single-node SLURM cluster on this machine, for the workflow's SLURM test (issue 15, not yet written): controller and
-# node on localhost, one partition, munge authentication, no accounting database. Needs root and apt.
+# A single-node SLURM cluster on this machine, for the workflow's SLURM test (tests/test_slurm.py, `make test-slurm`):
+# controller and node on this host, one partition (pcr), munge authentication, no accounting database.
+# Needs root and, unless slurm-wlm and munge are installed, apt (Debian/Ubuntu).
 # Idempotent: a second call finds the daemons running and returns.
 set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "up.sh: bringing up SLURM needs root (it installs packages, writes /etc/slurm and starts daemons):" \
+        "run it in a container or VM as root, e.g. sudo make test-slurm" >&2
+    exit 1
+fi
+if ! command -v slurmctld >/dev/null && ! command -v apt-get >/dev/null; then
+    echo "up.sh: slurm-wlm is not installed and there is no apt-get to install it (Debian/Ubuntu only)" >&2
+    exit 1
+fi
 
 command -v slurmctld >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
 
@@ -14,6 +25,8 @@ mkdir -p /run/munge && chown munge:munge /run/munge
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
 
 host=$(hostname -s)
+# slurmd finds its node by this name: a container's hostname may not resolve
+getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >> /etc/hosts
 cpus=$(nproc)
 mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
@@ -41,8 +54,9 @@ CONF
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 30); do
-    if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
-        echo "slurm: node $host idle in partition pcr ($cpus CPUs, $mem MB)"
+    state=$(sinfo -h -o %T 2>/dev/null || true)
+    if [[ "$state" =~ ^(idle|mixed|allocated|completing)$ ]]; then  # up (busy when a run is going on)
+        echo "slurm: node $host $state in partition pcr ($cpus CPUs, $mem MB)"
         exit 0
     fi
     sleep 1

@@ -8,9 +8,6 @@ rule calibrate_weights:
         "logs/calibrate_weights/{wkey}.log",
     benchmark:
         "results/benchmarks/calibrate_weights/{wkey}.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        **model_resources(),
     params:
         spec=MODEL_SPEC,
         job=lambda w: PLAN.weight_job(w.wkey),
@@ -41,9 +38,6 @@ rule calibrate:
         "logs/calibrate/{variant}/{bits}.log",
     benchmark:
         "results/benchmarks/calibrate/{variant}/{bits}.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        **model_resources(),
     params:
         spec=MODEL_SPEC,
         quant=lambda w: PLAN.quant_config(w.variant, w.bits),

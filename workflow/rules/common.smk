@@ -5,6 +5,7 @@
 # docstring for why run: blocks and not scripts).
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
@@ -14,6 +15,14 @@ from pcr.plan.folders import folder_problem, shard_manifest
 from pcr.plan.paths import images, manifest
 from pcr.preflight import preflight
 
+if "resources" in config:  # before the schema, whose error would not say where job sizes went
+    raise WorkflowError(
+        "config key resources: is no longer read; delete it. What a job declares to the executor "
+        "(threads, mem_mb, runtime, gpu) lives in Snakemake profiles, so one config runs locally and on a "
+        "cluster: workflow/profiles/default (the toy's sizes, read on every run) and --workflow-profile "
+        "workflow/profiles/gpu (the real models, one GPU per model job). Other sizes go in a copy of one, "
+        "under set-resources."
+    )
 validate(config, schema="../schemas/config.schema.yaml")
 PLAN = Plan.from_config(config)  # a config problem the schema cannot see stops here, naming its key
 EXPERIMENT_REGIMES = [r.name for r in PLAN.experiment.regimes] if PLAN.experiment else []
@@ -74,12 +83,6 @@ def experiment_runs(regime=None):
     experiment = PLAN.require_experiment()
     chosen = experiment.regime(regime) if regime else None
     return experiment.metrics_files(chosen), experiment.table_columns(chosen)
-
-
-def model_resources(mem_mb=None):
-    """Resources of a job that runs the model (calibration, generation, metrics)."""
-    r = config["resources"]
-    return {"mem_mb": mem_mb or r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
 
 
 # -- input and params functions of the rules ------------------------------------------------------

@@ -15,9 +15,6 @@ if SHARDS == 1:
             "logs/generate/{variant}/{bits}/{pset}.log",
         benchmark:
             "results/benchmarks/generate/{variant}/{bits}/{pset}.tsv"
-        threads: config["resources"]["threads"]
-        resources:
-            **model_resources(),
         params:
             sampling=generation_params,
             shard=(0, 1),
@@ -48,9 +45,6 @@ else:
             "logs/generate/{variant}/{bits}/{pset}.shard-{k}.log",
         benchmark:
             "results/benchmarks/generate/{variant}/{bits}/{pset}.shard-{k}.tsv"
-        threads: config["resources"]["threads"]
-        resources:
-            **model_resources(),
         params:
             sampling=generation_params,
             shard=lambda w: (int(w.k), SHARDS),

@@ -7,9 +7,6 @@ rule metrics:
         "logs/metrics/{variant}/{bits}/{pset}.log",
     benchmark:
         "results/benchmarks/metrics/{variant}/{bits}/{pset}.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        **model_resources(),
     params:
         run_info=run_info,
         settings=config["metrics"],

@@ -5,10 +5,6 @@ rule toy_clip:
         "logs/toy_clip.log",
     benchmark:
         "results/benchmarks/toy_clip.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
     params:
         cfg=config["toy"]["clip"],
         seed=config["seed"],
@@ -27,10 +23,6 @@ rule toy_model:
         "logs/toy_model.log",
     benchmark:
         "results/benchmarks/toy_model.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
     params:
         cfg=config["toy"]["model"],
         seed=config["seed"],
@@ -50,10 +42,6 @@ rule toy_evaluator:
         "logs/toy_evaluator.log",
     benchmark:
         "results/benchmarks/toy_evaluator.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
     params:
         sample=PLAN.toy_sampling,
         n=config["toy"]["evaluate"]["prompts"],
@@ -79,10 +67,6 @@ rule toy_sample_grid:
         "logs/toy_sample_grid.log",
     benchmark:
         "results/benchmarks/toy_sample_grid.tsv"
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
     params:
         sample=PLAN.toy_sampling,
         rows=config["toy"]["evaluate"]["grid_prompts"],
