@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pcr-installed
 SLURM_STAMP := $(VENV)/.pcr-slurm-installed
 
+# Python caches compiled modules (__pycache__) unless PYTHONDONTWRITEBYTECODE is set, as it is in some CI
+# images: then every process compiles torch and diffusers again, 15.6 s to import them here against 6-7 s.
+# The tests and the workflow start many processes (snakemake runs, a SLURM job each), so the cache is kept on.
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: setup run test test-slurm lint clean-results
 
 # Installs pcr (editable) with the exact tested versions; redone when the requirements change.
