@@ -11,11 +11,20 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 if ! command -v slurmctld >/dev/null && ! command -v apt-get >/dev/null; then
-    echo "up.sh: slurm-wlm is not installed and there is no apt-get to install it (Debian/Ubuntu only)" >&2
+    echo "up.sh: slurm-wlm is not installed and there is no apt-get to install it (Debian/Ubuntu only):" \
+        "install slurm-wlm and munge, or run in a Debian container" >&2
     exit 1
 fi
 
-command -v slurmctld >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+missing=()
+command -v slurmctld >/dev/null || missing+=(slurm-wlm munge)
+command -v pgrep >/dev/null || missing+=(procps)  # not in slim images
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    # a fresh container has no package lists yet: read them and try again
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
+fi
 
 if [ ! -s /etc/munge/munge.key ]; then
     dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
