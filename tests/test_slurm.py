@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow import MODEL_RULES, ROOT, SNAKEMAKE, checkout, tiny_config
+from test_workflow import MODEL_RULES, ROOT, SNAKEMAKE, checkout, job_stats, tiny_config
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("PCR_SLURM_TEST") != "1",
@@ -66,12 +66,6 @@ def submitted(log: str) -> list[tuple[str, str]]:
         rule, *wildcards, _ = path.split("slurm_logs/")[1].split("/")
         jobs.append((rule.removeprefix("rule_"), "/".join(wildcards)))
     return jobs
-
-
-def planned_jobs(log: str) -> dict[str, int]:
-    """The run's 'Job stats' table: rule -> jobs planned."""
-    table = log.split("Job stats:")[1].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
 def cancel_first_running_shard(stop: threading.Event, cancelled: list) -> None:
@@ -152,7 +146,7 @@ def test_tiny_dag_on_slurm_equals_a_local_run_and_resumes_a_cancelled_job(cluste
     # every planned job of the sbatch rules went through sbatch once and no localrule did; the cancelled
     # shard twice, and nothing that finished before the kill ran again
     jobs, again = submitted(first), submitted(rerun)
-    planned = planned_jobs(first)
+    planned = job_stats(first)
     assert len(set(jobs) | set(again)) == sum(planned[rule] for rule in SBATCH_RULES) == len(jobs) + len(again) - 1
     assert {rule for rule, _ in jobs + again} == SBATCH_RULES
     killed = cancelled[0].removeprefix("rule_").split("_wildcards_")

@@ -49,17 +49,30 @@ def output(run: subprocess.CompletedProcess) -> str:
     return run.stdout + run.stderr  # snakemake prints errors to stdout or stderr depending on the mode
 
 
+def job_stats(text: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints before a run: rule -> job count."""
+    table = text.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
 def planned(run: subprocess.CompletedProcess) -> dict[str, int]:
     """The 'Job stats' table of a dry run: rule -> job count."""
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    table = run.stdout.split("Job stats:")[1].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+    return job_stats(run.stdout)
+
+
+def job_blocks(run: subprocess.CompletedProcess) -> dict[str, list[str]]:
+    """rule -> the block a dry run printed for each of its jobs."""
+    blocks: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
+        if m := re.match(r"(?:local)?rule (\w+):", block):
+            blocks.setdefault(m[1], []).append(block.split("\n\n")[0])
+    return blocks
 
 
 def planned_wildcards(run: subprocess.CompletedProcess, rule: str) -> set[str]:
     """The wildcards of every planned job of `rule`, e.g. {"variant=progressive, bits=W4A6"}."""
-    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout)
-    return {re.search(r"wildcards: (.*)", b)[1] for b in blocks if re.match(rf"(?:local)?rule {rule}:", b)}
+    return {re.search(r"wildcards: (.*)", b)[1] for b in job_blocks(run).get(rule, [])}
 
 
 # the rules whose jobs run a model; every other rule in workflow/rules is a localrule (tables, figures)
@@ -69,10 +82,8 @@ MODEL_RULES = {"toy_clip", "toy_model", "toy_evaluator", "toy_sample_grid", "cal
 
 def job_resources(run: subprocess.CompletedProcess) -> dict[str, list[str]]:
     """rule -> the `resources:` line of each of its jobs in a dry run."""
-    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout)
-    return {m[1]: [line for b in blocks if re.match(rf"(?:local)?rule {m[1]}:", b)
-                   for line in b.splitlines() if "resources:" in line]
-            for m in {re.match(r"(?:local)?rule (\w+):", b) for b in blocks} - {None}}
+    return {rule: [line for b in blocks for line in b.splitlines() if "resources:" in line]
+            for rule, blocks in job_blocks(run).items()}
 
 
 def test_only_the_model_rules_are_left_to_executors():
@@ -151,7 +162,7 @@ def test_paper_profiles_plan_sharded_gpu_jobs(tmp_path, profile):
         sized = rule in MODEL_RULES
         assert all(("gpu=1" in line and "mem_mb=32000" in line and "runtime=240" in line) == sized
                    for line in lines), rule
-    assert "threads: 8" in run.stdout.split("rule calibrate:")[1].split("\n\n")[0]
+    assert all("threads: 8" in block for block in job_blocks(run)["calibrate"])
 
 
 def test_bad_configs_name_the_key(tmp_path):

@@ -4,10 +4,9 @@ bit for bit), and its metrics are measured again after it, never before. Kept ch
 metrics only (two toy folders), on the test session's tiny toy models."""
 
 import json
-import re
 import shutil
 
-from test_workflow import checkout, output, snakemake, tiny_config
+from test_workflow import checkout, job_stats, output, snakemake, tiny_config
 
 TARGET = "results/metrics/fp-reseeded/W32A32/in_domain.json"
 FOLDER = "results/images/fp-reseeded/W32A32/in_domain"
@@ -16,8 +15,7 @@ REFERENCE = "results/images/fp/W32A32/in_domain"
 
 def ran(run) -> dict[str, int]:
     """The 'Job stats' table of a run: rule -> job count."""
-    table = output(run).split("Job stats:")[1].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+    return job_stats(output(run))
 
 
 def snapshot(folder):
